@@ -1,0 +1,307 @@
+//! Wiring: build the authorizer, start the gRPC and admin servers and the key refresh tasks,
+//! and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+
+use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
+use crate::authz::Authorizer;
+use crate::config::{Config, ListenAddr};
+use crate::grpc::AuthzService;
+use crate::policy::PolicySet;
+
+/// gRPC service name as health checks ask for it.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// A started server: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub grpc_addr: ListenAddr,
+    pub admin_addr: SocketAddr,
+    pub authorizer: Arc<Authorizer>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Builds the authorizer: compiles the policy and loads keys from files. Remote keys are
+/// fetched by the tasks `start` spawns (or once by `load_remote_keys`).
+pub fn build_authorizer(config: &Config) -> anyhow::Result<Authorizer> {
+    let policies = PolicySet::load_dir(&config.policy.dir, &config.policy.query)
+        .with_context(|| format!("loading policies from {}", config.policy.dir.display()))?;
+    tracing::info!(
+        policy.query = policies.query(),
+        policy.files = policies.files().len(),
+        "Compiled policy"
+    );
+    let mut issuers = Vec::new();
+    for (i, issuer) in config.authn.issuers.iter().enumerate() {
+        let keys = IssuerKeys::new(issuer)
+            .with_context(|| format!("authn.issuers[{i}]: building the HTTP client"))?;
+        issuers.push(Arc::new(keys));
+    }
+    let verifier = Verifier::new(&config.authn, issuers);
+    Ok(Authorizer::new(config, verifier, policies))
+}
+
+/// Loads keys from files (an error stops start-up: the file is configuration).
+async fn load_file_keys(authorizer: &Authorizer) -> anyhow::Result<()> {
+    for issuer in authorizer.verifier().issuers() {
+        if let KeySource::File(path) = issuer.source()
+            && !issuer.refresh(true).await
+        {
+            anyhow::bail!(
+                "issuer {}: no usable keys in {} (see the log line above)",
+                issuer.issuer(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fetches remote keys once each, for one-shot use (`onbehalf check`).
+pub async fn load_keys_once(authorizer: &Authorizer) -> anyhow::Result<()> {
+    load_file_keys(authorizer).await?;
+    for issuer in authorizer.verifier().issuers() {
+        if !issuer.loaded() {
+            issuer.refresh(true).await;
+        }
+    }
+    Ok(())
+}
+
+/// Binds, starts serving, and returns at once. Keys from files are loaded before this
+/// returns; remote keys load in the background and `/readyz` says when.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let authorizer = Arc::new(build_authorizer(config)?);
+    load_file_keys(&authorizer).await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut background = Vec::new();
+    for issuer in authorizer.verifier().issuers() {
+        if !matches!(issuer.source(), KeySource::File(_)) {
+            background.push(tokio::spawn(refresh_keys(
+                issuer.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    background.push(tokio::spawn(report_ready(
+        authorizer.clone(),
+        health.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    let admin_listener = tokio::net::TcpListener::bind(config.server.admin_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "server.admin_addr: cannot listen on {}",
+                config.server.admin_addr
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin = crate::admin::router(authorizer.clone());
+    let mut admin_stop = shutdown_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("admin server failed")
+    });
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(AuthzService::new(
+            authorizer.clone(),
+        )));
+    let mut grpc_stop = shutdown_rx.clone();
+    let stop_signal = async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    };
+    let (grpc_addr, grpc_task) = match &config.server.grpc_addr {
+        ListenAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("server.grpc_addr: cannot listen on {addr}"))?;
+            let bound = listener.local_addr()?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let task = tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop_signal)
+                    .await
+                    .context("gRPC server failed")
+            });
+            (ListenAddr::Tcp(bound), task)
+        }
+        ListenAddr::Unix(path) => {
+            // A socket file left by a previous run would make bind fail.
+            if path.exists() {
+                std::fs::remove_file(path).with_context(|| {
+                    format!(
+                        "server.grpc_addr: cannot remove stale socket {}",
+                        path.display()
+                    )
+                })?;
+            }
+            let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+                format!("server.grpc_addr: cannot listen on unix:{}", path.display())
+            })?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let task = tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop_signal)
+                    .await
+                    .context("gRPC server failed")
+            });
+            (ListenAddr::Unix(path.clone()), task)
+        }
+    };
+    tracing::info!(
+        grpc.addr = %grpc_addr,
+        admin.addr = %admin_addr,
+        "Serving ext_authz"
+    );
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        authorizer,
+        shutdown,
+        tasks: vec![grpc_task, admin_task],
+        background,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains for at most `server.shutdown_grace`.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(&config).await?;
+    wait_for_signal().await;
+    tracing::info!("Shutting down; draining in-flight requests");
+    running.stop(config.server.shutdown_grace.0).await
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within `grace`, and returns.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            let mut result = Ok(());
+            for task in self.tasks {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(e),
+                    Err(e) => result = Err(anyhow::anyhow!("server task failed: {e}")),
+                }
+            }
+            result
+        })
+        .await;
+        for task in &self.background {
+            task.abort();
+        }
+        if let ListenAddr::Unix(path) = &self.grpc_addr {
+            let _ = std::fs::remove_file(path);
+        }
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("Shutdown grace period over; closing remaining connections");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// First load with backoff until it succeeds, then a refresh every `jwks_ttl`.
+async fn refresh_keys(issuer: Arc<IssuerKeys>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let ok = issuer.refresh(true).await;
+        let wait = match (ok, issuer.loaded()) {
+            (true, _) => {
+                backoff = Duration::from_millis(250);
+                issuer.ttl()
+            }
+            // Never loaded: retry soon, backing off to 30s.
+            (false, false) => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                wait
+            }
+            // Keys known (stale-on-error): retry sooner than the TTL, but not in a hot loop.
+            (false, true) => issuer.ttl().min(Duration::from_secs(30)),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Flips the gRPC health status to SERVING once ready; NOT_SERVING again on shutdown.
+async fn report_ready(
+    authorizer: Arc<Authorizer>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    while !authorizer.is_ready() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    health
+        .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let _ = stop.wait_for(|s| *s).await;
+    health
+        .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,126 @@
+//! Verified claims -> the delegation chain (RFC 8693 §4.1 `act`).
+//!
+//! `{"sub":"alice","act":{"sub":"agent-a","act":{"sub":"orchestrator"}}}` means agent-a acts
+//! for alice now, having been delegated to by the orchestrator earlier. The outermost `act` is
+//! the current actor; nested ones are earlier actors. The walk is a loop with a depth limit,
+//! never recursion on attacker-shaped data.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::AuthnError;
+
+/// A party in a delegation: the subject or one actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Party {
+    pub id: Arc<str>,
+    /// Every claim of this party except the nested `act`.
+    pub claims: Map<String, Value>,
+}
+
+/// Who the request is for, and who is acting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delegation {
+    pub subject: Party,
+    /// Current actor first, earliest actor last; empty when the user calls directly.
+    pub chain: Vec<Party>,
+}
+
+/// Facts about the token itself, for `input.token`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub issuer: String,
+    pub audience: Vec<String>,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub jti: Option<String>,
+    /// The JOSE header's `typ`, e.g. `JWT` or `at+jwt`.
+    pub kind: Option<String>,
+}
+
+/// Decodes subject and actors from verified claims.
+pub fn decode(claims: &Map<String, Value>, max_depth: usize) -> Result<Delegation, AuthnError> {
+    let subject = party(claims).ok_or(AuthnError::MissingClaim("sub"))?;
+    let mut chain = Vec::new();
+    let mut next = claims.get("act");
+    while let Some(act) = next {
+        if chain.len() == max_depth {
+            return Err(AuthnError::ChainTooDeep(max_depth));
+        }
+        let act = act.as_object().ok_or(AuthnError::InvalidActor)?;
+        chain.push(party(act).ok_or(AuthnError::InvalidActor)?);
+        next = act.get("act");
+    }
+    Ok(Delegation { subject, chain })
+}
+
+fn party(claims: &Map<String, Value>) -> Option<Party> {
+    let id = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?;
+    let claims = claims
+        .iter()
+        .filter(|(k, _)| k.as_str() != "act")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Party {
+        id: Arc::from(id),
+        claims,
+    })
+}
+
+// === impl Delegation ===
+
+impl Delegation {
+    /// The current actor, or `None` when the subject calls directly.
+    pub fn actor(&self) -> Option<&Party> {
+        self.chain.first()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.chain.len()
+    }
+}
+
+// === impl TokenInfo ===
+
+impl TokenInfo {
+    pub fn from_claims(
+        claims: &Map<String, Value>,
+        kind: Option<String>,
+    ) -> Result<Self, AuthnError> {
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(AuthnError::MissingClaim("iss"))?
+            .to_string();
+        let audience = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.clone()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+            _ => return Err(AuthnError::MissingClaim("aud")),
+        };
+        // OAuth `scope` is space-separated (RFC 8693 §4.2); some IdPs send an `scp` array.
+        let scopes = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split_whitespace().map(str::to_string).collect(),
+            (_, Some(Value::Array(list))) => list
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
+            (_, Some(Value::String(s))) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Ok(TokenInfo {
+            issuer,
+            audience,
+            scopes,
+            expires_at: claims.get("exp").and_then(Value::as_i64),
+            jti: claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            kind,
+        })
+    }
+}

@@ -1,0 +1,462 @@
+//! Issuer keys: JWKS from a file, a `jwks_uri` or OIDC discovery, turned once per fetch into
+//! per-key decoding keys with their `Validation` prebuilt.
+//!
+//! The current key set of an issuer sits behind an `ArcSwap`: a request reads it without a
+//! lock. A background task fetches again every `jwks_ttl`; a token naming an unknown `kid`
+//! triggers a fetch at most once per `min_refresh_interval`. A failing fetch keeps the last
+//! good set (stale-on-error), so an IdP outage does not stop verification with known keys.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use tokio::sync::Mutex;
+
+use super::AuthnError;
+use crate::config::IssuerConfig;
+
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("fetching {url} failed: {message}")]
+    Fetch { url: String, message: String },
+    #[error("{origin} is not a JWKS document: {message}")]
+    Document { origin: String, message: String },
+    #[error("{origin} holds no key usable with the allowed algorithms")]
+    NoUsableKey { origin: String },
+    #[error("discovery document at {url} names issuer `{found}`, expected `{expected}`")]
+    DiscoveryIssuer {
+        url: String,
+        found: String,
+        expected: String,
+    },
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    File(std::path::PathBuf),
+    Uri(String),
+    /// `<issuer>/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery(String),
+}
+
+/// One verification key with the validation rules that go with it.
+pub struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The usable keys of one issuer at one point in time.
+#[derive(Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    without_kid: Vec<Arc<VerifyKey>>,
+}
+
+/// One trusted issuer: settings, current keys, and how to refresh them.
+pub struct IssuerKeys {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    source: KeySource,
+    ttl: Duration,
+    min_refresh_interval: Duration,
+    current: ArcSwap<KeySet>,
+    loaded: AtomicBool,
+    /// Time of the last fetch attempt; held while fetching, so fetches never overlap.
+    last_fetch: Mutex<Option<Instant>>,
+    client: reqwest::Client,
+}
+
+// === impl VerifyKey ===
+
+impl VerifyKey {
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    pub fn validation(&self) -> &Validation {
+        &self.validation
+    }
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl KeySet ===
+
+impl KeySet {
+    /// Builds the usable keys of a JWKS document. Keys that are not for signatures, of a kind
+    /// that cannot verify the issuer's allowed algorithms, or malformed are skipped; symmetric
+    /// (`oct`) keys are always skipped.
+    pub fn from_jwks(doc: &[u8], issuer: &IssuerKeys, origin: &str) -> Result<KeySet, JwksError> {
+        let doc_err = |message: String| JwksError::Document {
+            origin: origin.to_string(),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(doc).map_err(|e| doc_err(e.to_string()))?;
+        let keys = value
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| doc_err("no `keys` array".into()))?;
+        let mut set = KeySet::default();
+        for raw in keys {
+            let jwk: Jwk = match serde_json::from_value(raw.clone()) {
+                Ok(jwk) => jwk,
+                Err(e) => {
+                    tracing::warn!(jwks.origin = origin, error = %e, "Skipping unreadable JWK");
+                    continue;
+                }
+            };
+            match issuer.verify_key(&jwk) {
+                Some(key) => {
+                    let key = Arc::new(key);
+                    match key.kid.clone() {
+                        Some(kid) => {
+                            set.by_kid.insert(kid, key);
+                        }
+                        None => set.without_kid.push(key),
+                    }
+                }
+                None => tracing::debug!(
+                    jwks.origin = origin,
+                    jwk.kid = jwk.common.key_id.as_deref().unwrap_or(""),
+                    "Skipping JWK not usable with the allowed algorithms"
+                ),
+            }
+        }
+        if set.is_empty() {
+            return Err(JwksError::NoUsableKey {
+                origin: origin.to_string(),
+            });
+        }
+        Ok(set)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_kid.is_empty() && self.without_kid.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.without_kid.len()
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.by_kid.keys().map(String::as_str)
+    }
+
+    /// The key for a token header. A token with a `kid` must match that key exactly; a token
+    /// without one is accepted only when exactly one key can verify its algorithm.
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<VerifyKey>> {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .filter(|k| k.validation.algorithms.contains(&alg))
+                .cloned(),
+            None => {
+                let mut fits = self
+                    .by_kid
+                    .values()
+                    .chain(self.without_kid.iter())
+                    .filter(|k| k.validation.algorithms.contains(&alg));
+                match (fits.next(), fits.next()) {
+                    (Some(only), None) => Some(only.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+// === impl IssuerKeys ===
+
+impl IssuerKeys {
+    pub fn new(config: &IssuerConfig) -> Result<IssuerKeys, reqwest::Error> {
+        let source = match (&config.jwks_file, &config.jwks_uri) {
+            (Some(path), _) => KeySource::File(path.clone()),
+            (None, Some(uri)) => KeySource::Uri(uri.clone()),
+            (None, None) => KeySource::Discovery(config.issuer.clone()),
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.fetch_timeout.0)
+            .timeout(config.fetch_timeout.0)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("onbehalf/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(IssuerKeys {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            algorithms: config
+                .algorithms
+                .iter()
+                .filter_map(|a| super::parse_algorithm(a))
+                .collect(),
+            leeway: config.leeway.0,
+            source,
+            ttl: config.jwks_ttl.0,
+            min_refresh_interval: config.min_refresh_interval.0,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            loaded: AtomicBool::new(false),
+            last_fetch: Mutex::new(None),
+            client,
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// True once a key set has loaded at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<KeySet> {
+        self.current.load_full()
+    }
+
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+
+    /// The key that must verify a token with this header, refreshing the set once (rate
+    /// limited) when the `kid` is unknown.
+    pub async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyKey>, AuthnError> {
+        if let Some(key) = self.current.load().find(kid, alg) {
+            return Ok(key);
+        }
+        if !self.loaded() {
+            return Err(AuthnError::KeysUnavailable);
+        }
+        if kid.is_some() && !matches!(self.source, KeySource::File(_)) {
+            self.refresh(false).await;
+            if let Some(key) = self.current.load().find(kid, alg) {
+                return Ok(key);
+            }
+        }
+        Err(AuthnError::UnknownKeyId)
+    }
+
+    /// Fetches the key set and swaps it in. Unless `force`, does nothing when the last attempt
+    /// was less than `min_refresh_interval` ago. On failure the current keys stay.
+    pub async fn refresh(&self, force: bool) -> bool {
+        let mut last = self.last_fetch.lock().await;
+        if !force && last.is_some_and(|t| t.elapsed() < self.min_refresh_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok(set) => {
+                tracing::info!(
+                    jwks.issuer = %self.issuer,
+                    jwks.keys = set.len(),
+                    "Loaded issuer keys"
+                );
+                self.current.store(Arc::new(set));
+                self.loaded.store(true, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    jwks.issuer = %self.issuer,
+                    error = %e,
+                    jwks.stale = self.loaded(),
+                    "Fetching issuer keys failed; keeping the keys already known"
+                );
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        match &self.source {
+            KeySource::File(path) => {
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|source| JwksError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                KeySet::from_jwks(&bytes, self, &path.display().to_string())
+            }
+            KeySource::Uri(url) => {
+                let bytes = self.get(url).await?;
+                KeySet::from_jwks(&bytes, self, url)
+            }
+            KeySource::Discovery(issuer) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let bytes = self.get(&url).await?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| JwksError::Document {
+                        origin: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                let found = doc.get("issuer").and_then(|v| v.as_str()).unwrap_or("");
+                if found != issuer {
+                    return Err(JwksError::DiscoveryIssuer {
+                        url,
+                        found: found.to_string(),
+                        expected: issuer.clone(),
+                    });
+                }
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| JwksError::Document {
+                        origin: url.clone(),
+                        message: "no `jwks_uri`".into(),
+                    })?;
+                let bytes = self.get(jwks_uri).await?;
+                KeySet::from_jwks(&bytes, self, jwks_uri)
+            }
+        }
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
+        let fail = |message: String| JwksError::Fetch {
+            url: url.to_string(),
+            message,
+        };
+        let mut resp = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("HTTP status {}", resp.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(fail(format!(
+                    "document is larger than {MAX_DOCUMENT_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Turns one JWK into a verification key, or `None` when it cannot verify any allowed
+    /// algorithm. The algorithms come from the key (its `kty`, `crv` and `alg`), never from a
+    /// token.
+    fn verify_key(&self, jwk: &Jwk) -> Option<VerifyKey> {
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            return None;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 | EllipticCurve::P384 => AlgorithmFamily::Ec,
+                _ => return None,
+            },
+            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+                EllipticCurve::Ed25519 => AlgorithmFamily::Ed,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let curve_alg = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Some(Algorithm::ES256)
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                Some(Algorithm::ES384)
+            }
+            _ => None,
+        };
+        let declared = jwk.common.key_algorithm.and_then(key_algorithm);
+        if jwk.common.key_algorithm.is_some() && declared.is_none() {
+            return None;
+        }
+        let algorithms: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| family.algorithms().contains(a))
+            .filter(|a| curve_alg.is_none_or(|c| c == *a))
+            .filter(|a| declared.is_none_or(|d| d == *a))
+            .collect();
+        if algorithms.is_empty() {
+            return None;
+        }
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        let mut validation = Validation::new(*algorithms.first()?);
+        validation.algorithms = algorithms;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        Some(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            key,
+            validation,
+        })
+    }
+}
+
+impl fmt::Debug for IssuerKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuerKeys")
+            .field("issuer", &self.issuer)
+            .field("source", &self.source)
+            .field("keys", &self.current.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}

@@ -1,0 +1,189 @@
+//! Token verification: bearer extraction, issuer lookup, signature and claim checks, and
+//! the delegation chain. Only a token that passed every check becomes `Authenticated`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::config::AuthnConfig;
+
+pub mod chain;
+pub mod jwks;
+
+pub use chain::{Delegation, Party, TokenInfo};
+pub use jwks::{IssuerKeys, KeySet};
+
+/// Why a token was refused. Every variant is a 401; the text is safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    #[error("no bearer token in the request")]
+    Missing,
+    #[error("the authorization header is not a bearer token")]
+    NotBearer,
+    #[error("the token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's issuer is not trusted")]
+    UntrustedIssuer,
+    #[error("the token's algorithm is not allowed for its issuer")]
+    Algorithm,
+    #[error("no key of the issuer matches the token's key id")]
+    UnknownKeyId,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token is not meant for this audience")]
+    Audience,
+    #[error("the token lacks a required claim: {0}")]
+    MissingClaim(&'static str),
+    #[error("the token's act claim is malformed")]
+    InvalidActor,
+    #[error("the token's delegation chain is deeper than {0}")]
+    ChainTooDeep(usize),
+    #[error("the issuer's keys are not available yet")]
+    KeysUnavailable,
+}
+
+/// A token that verified, decoded into the parts the policy sees.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub delegation: Delegation,
+    pub token: TokenInfo,
+}
+
+/// Verifies bearer tokens against the trusted issuers.
+pub struct Verifier {
+    issuers: HashMap<String, Arc<IssuerKeys>>,
+    max_token_bytes: usize,
+    max_depth: usize,
+}
+
+/// The unverified `iss`, read only to choose which issuer's keys to verify with.
+#[derive(Deserialize)]
+struct IssuerPeek {
+    iss: Option<String>,
+}
+
+/// Parses an algorithm name from configuration. HMAC and `none` are never accepted: keys come
+/// from JWKS documents of public keys only.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Takes the token out of a header value of the form `Bearer <token>` (RFC 6750 §2.1).
+pub fn extract_bearer(value: Option<&str>) -> Result<&str, AuthnError> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty());
+    let value = value.ok_or(AuthnError::Missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::NotBearer);
+    }
+    let token = token.trim_start();
+    let token_chars = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=');
+    if token.is_empty() || !token.bytes().all(token_chars) {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(token)
+}
+
+// === impl Verifier ===
+
+impl Verifier {
+    pub fn new(config: &AuthnConfig, issuers: Vec<Arc<IssuerKeys>>) -> Verifier {
+        Verifier {
+            issuers: issuers
+                .into_iter()
+                .map(|i| (i.issuer().to_string(), i))
+                .collect(),
+            max_token_bytes: config.max_token_bytes,
+            max_depth: config.max_delegation_depth,
+        }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.values()
+    }
+
+    /// True once every issuer's keys have loaded at least once.
+    pub fn all_keys_loaded(&self) -> bool {
+        self.issuers.values().all(|i| i.loaded())
+    }
+
+    /// Verifies signature, issuer, audience, times and algorithm, then decodes the chain.
+    pub async fn verify(&self, token: &str) -> Result<Authenticated, AuthnError> {
+        // Size first: nothing below runs on an oversized token.
+        if token.len() > self.max_token_bytes {
+            return Err(AuthnError::TooLarge(self.max_token_bytes));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
+        let issuer = self.peek_issuer(token)?;
+        let keys = self
+            .issuers
+            .get(&issuer)
+            .ok_or(AuthnError::UntrustedIssuer)?;
+        if !keys.allows(header.alg) {
+            return Err(AuthnError::Algorithm);
+        }
+        let key = keys.key_for(header.kid.as_deref(), header.alg).await?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key.decoding_key(),
+            key.validation(),
+        )
+        .map_err(map_jwt_error)?;
+        let delegation = chain::decode(&data.claims, self.max_depth)?;
+        let token = TokenInfo::from_claims(&data.claims, header.typ)?;
+        Ok(Authenticated { delegation, token })
+    }
+
+    fn peek_issuer(&self, token: &str) -> Result<String, AuthnError> {
+        let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthnError::Malformed)?;
+        let peek: IssuerPeek = serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed)?;
+        peek.iss.ok_or(AuthnError::MissingClaim("iss"))
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthnError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthnError::Expired,
+        ErrorKind::ImmatureSignature => AuthnError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthnError::Audience,
+        ErrorKind::InvalidIssuer => AuthnError::UntrustedIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthnError::Algorithm,
+        ErrorKind::MissingRequiredClaim(c) => AuthnError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "aud" => "aud",
+            "iss" => "iss",
+            "sub" => "sub",
+            "nbf" => "nbf",
+            _ => "a registered claim",
+        }),
+        ErrorKind::InvalidSignature => AuthnError::Signature,
+        _ => AuthnError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

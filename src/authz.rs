@@ -1,0 +1,163 @@
+//! The decision pipeline, shared by the gRPC server and `onbehalf check`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use regorus::Value;
+
+use crate::authn::{self, Authenticated, AuthnError, Verifier};
+use crate::config::{Config, HeaderNames};
+use crate::decision::{Decision, DenyReason};
+use crate::input::CheckInput;
+use crate::policy::{PolicySet, Verdict};
+use crate::telemetry::Metrics;
+
+/// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
+/// the separators that would let an id forge a second chain element or header.
+const HEADER_ESCAPE: &AsciiSet = &CONTROLS.add(b' ').add(b',').add(b'%').add(b'"');
+
+/// Everything a decision needs: settings, keys, the current policy, and counters.
+pub struct Authorizer {
+    token_header: String,
+    identity_headers: HeaderNames,
+    verifier: Verifier,
+    policies: ArcSwap<PolicySet>,
+    metrics: Metrics,
+    ready: AtomicBool,
+}
+
+/// A decision with what led to it, for logs and `onbehalf check`.
+#[derive(Debug)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The Rego input document, when the request got as far as the policy.
+    pub input: Option<Value>,
+    /// The policy's raw result, when it was evaluated.
+    pub result: Option<Value>,
+    /// Identity headers to set on the upstream request (`None`: remove it).
+    pub identity: Vec<(String, Option<String>)>,
+    pub subject: Option<Arc<str>>,
+    pub actor: Option<Arc<str>>,
+    pub depth: usize,
+}
+
+// === impl Authorizer ===
+
+impl Authorizer {
+    pub fn new(config: &Config, verifier: Verifier, policies: PolicySet) -> Authorizer {
+        Authorizer {
+            token_header: config.authn.header.clone(),
+            identity_headers: config.headers.clone(),
+            verifier,
+            policies: ArcSwap::from_pointee(policies),
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
+    }
+
+    /// Ready once the policy compiled and every issuer's keys loaded once; then stays ready.
+    pub fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let ready = self.verifier.all_keys_loaded();
+        if ready {
+            self.ready.store(true, Ordering::Release);
+        }
+        ready
+    }
+
+    /// Decides one request. The phases run in this order because each needs the one before:
+    /// authentication yields the identities that the policy input is built from, and only a
+    /// verified token may reach the policy.
+    pub async fn decide(&self, input: &CheckInput) -> Outcome {
+        // One policy snapshot for the whole request.
+        let policies = self.policies.load();
+
+        let auth = match self.authenticate(input).await {
+            Ok(auth) => auth,
+            Err(AuthnError::KeysUnavailable) => return self.denied(DenyReason::Unavailable),
+            Err(e) => return self.denied(DenyReason::Unauthenticated(e)),
+        };
+
+        let document = input.document(&auth);
+        let (decision, result) = match policies.evaluate(document.clone()) {
+            Err(e) => {
+                tracing::error!(error = %e, "Policy evaluation failed; denying");
+                (Decision::deny(DenyReason::Internal(e.to_string())), None)
+            }
+            Ok(result) => match Verdict::try_from(&result) {
+                Ok(verdict) => (Decision::from_verdict(verdict), Some(result)),
+                Err(e) => {
+                    tracing::warn!(error = %e, policy.query = policies.query(), "Denying on policy result");
+                    (
+                        Decision::deny(DenyReason::PolicyResult(e.to_string())),
+                        Some(result),
+                    )
+                }
+            },
+        };
+        let d = &auth.delegation;
+        Outcome {
+            identity: self.identity(&auth),
+            subject: Some(d.subject.id.clone()),
+            actor: d.actor().map(|a| a.id.clone()),
+            depth: d.depth(),
+            decision,
+            input: Some(document),
+            result,
+        }
+    }
+
+    async fn authenticate(&self, input: &CheckInput) -> Result<Authenticated, AuthnError> {
+        let token = authn::extract_bearer(input.header(&self.token_header))?;
+        self.verifier.verify(token).await
+    }
+
+    /// A denial before the policy ran.
+    pub fn denied(&self, reason: DenyReason) -> Outcome {
+        Outcome {
+            decision: Decision::deny(reason),
+            input: None,
+            result: None,
+            identity: Vec::new(),
+            subject: None,
+            actor: None,
+            depth: 0,
+        }
+    }
+
+    fn identity(&self, auth: &Authenticated) -> Vec<(String, Option<String>)> {
+        let d = &auth.delegation;
+        let names = &self.identity_headers;
+        let chain = d
+            .chain
+            .iter()
+            .map(|p| escape(&p.id))
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            (names.subject.clone(), Some(escape(&d.subject.id))),
+            (names.actor.clone(), d.actor().map(|a| escape(&a.id))),
+            (names.chain.clone(), (!chain.is_empty()).then_some(chain)),
+        ]
+    }
+}
+
+fn escape(id: &str) -> String {
+    utf8_percent_encode(id, HEADER_ESCAPE).to_string()
+}

@@ -1,0 +1,599 @@
+//! Configuration: one YAML file (or the embedded defaults), overridden by `ONBEHALF_*`
+//! environment variables, then validated as a whole. Every key is documented in
+//! `docs/configuration.md`; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The configuration used when `serve` or `check` runs without `--config`: the quickstart,
+/// with policies from `./policies` and the demo issuer's keys from a local JWKS file.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../deploy/demo/onbehalf.yaml");
+
+/// Prefix of environment variables that override configuration keys. Nested keys are joined
+/// with a double underscore: `ONBEHALF_SERVER__GRPC_ADDR=127.0.0.1:9292`.
+pub const ENV_PREFIX: &str = "ONBEHALF_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{origin}: invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub policy: PolicyConfig,
+    pub authn: AuthnConfig,
+    pub headers: HeaderNames,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `host:port`, or `unix:/path/to.sock` for a Unix domain socket.
+    pub grpc_addr: ListenAddr,
+    /// `host:port` of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Seconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory holding `*.rego` and `data.json` files.
+    pub dir: PathBuf,
+    /// The rule whose value is the decision.
+    pub query: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthnConfig {
+    /// Request header that carries the bearer token.
+    pub header: String,
+    /// Tokens longer than this are rejected before any parsing.
+    pub max_token_bytes: usize,
+    /// Nesting limit of the `act` claim; deeper tokens are rejected as invalid.
+    pub max_delegation_depth: usize,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact value of the `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway: Seconds,
+    /// Keys from a local JWKS file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Keys from a remote JWKS document.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Keys from the `jwks_uri` named by `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// How long fetched keys are used before they are fetched again.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl: Seconds,
+    /// Least time between two fetches triggered by an unknown `kid`.
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_interval: Seconds,
+    /// Connect + response timeout of one fetch.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Seconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNames {
+    pub subject: String,
+    pub actor: String,
+    pub chain: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `onbehalf=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log pipelines).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Where the gRPC server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A duration written as `250ms`, `30s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+/// Where configuration text came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Load from a file (or the embedded defaults), apply `ONBEHALF_*` overrides from `env`,
+    /// and validate. `env` is injectable so tests never touch the process environment.
+    pub fn load<I, K, V>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let (source, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                (Source::File(p.to_path_buf()), text)
+            }
+            None => (Source::Embedded, EMBEDDED_DEFAULTS.to_string()),
+        };
+        Self::from_yaml(&source, &text, env)
+    }
+
+    pub fn from_yaml<I, K, V>(source: &Source, text: &str, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let origin = source.to_string();
+        // Deserialize the text directly first: errors then carry line and column.
+        let mut config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?
+        };
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.as_ref().starts_with(ENV_PREFIX))
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        if !overrides.is_empty() {
+            config = apply_env(config, &overrides)?;
+        }
+        config.resolve_paths(source);
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            origin: match overrides.is_empty() {
+                true => origin,
+                false => format!("{origin} with ONBEHALF_* overrides"),
+            },
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Relative paths in a config file are relative to that file; the embedded defaults are
+    /// relative to the working directory.
+    fn resolve_paths(&mut self, source: &Source) {
+        let Source::File(file) = source else { return };
+        let Some(base) = file.parent() else { return };
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut self.policy.dir);
+        for issuer in &mut self.authn.issuers {
+            if let Some(p) = issuer.jwks_file.as_mut() {
+                rebase(p);
+            }
+        }
+        if let ListenAddr::Unix(p) = &mut self.server.grpc_addr {
+            rebase(p);
+        }
+    }
+
+    /// Checks every value and returns every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
+
+        if self.policy.query.trim().is_empty() || !self.policy.query.starts_with("data.") {
+            bad(
+                "policy.query".into(),
+                "must be a rule path starting with `data.`, e.g. data.envoy.authz.allow",
+            );
+        }
+        if !is_header_name(&self.authn.header) {
+            bad(
+                "authn.header".into(),
+                "must be a lower-case HTTP header name",
+            );
+        }
+        if self.authn.max_token_bytes < 64 {
+            bad("authn.max_token_bytes".into(), "must be at least 64");
+        }
+        if self.authn.max_delegation_depth == 0 || self.authn.max_delegation_depth > 64 {
+            bad(
+                "authn.max_delegation_depth".into(),
+                "must be between 1 and 64",
+            );
+        }
+        if self.authn.issuers.is_empty() {
+            bad(
+                "authn.issuers".into(),
+                "at least one trusted issuer is required",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in self.authn.issuers.iter().enumerate() {
+            let key = |k: &str| format!("authn.issuers[{i}].{k}");
+            if iss.issuer.is_empty() {
+                bad(key("issuer"), "must not be empty");
+            } else if !seen.insert(iss.issuer.as_str()) {
+                bad(key("issuer"), "is listed twice");
+            }
+            if iss.audiences.is_empty() || iss.audiences.iter().any(|a| a.is_empty()) {
+                bad(key("audiences"), "list at least one non-empty audience");
+            }
+            if iss.algorithms.is_empty() {
+                bad(key("algorithms"), "list at least one algorithm");
+            }
+            for alg in &iss.algorithms {
+                if crate::authn::parse_algorithm(alg).is_none() {
+                    bad(
+                        key("algorithms"),
+                        &format!(
+                            "`{alg}` is not allowed; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                        ),
+                    );
+                }
+            }
+            let sources = usize::from(iss.jwks_file.is_some())
+                + usize::from(iss.jwks_uri.is_some())
+                + usize::from(iss.discovery);
+            if sources != 1 {
+                bad(
+                    format!("authn.issuers[{i}]"),
+                    "set exactly one of jwks_file, jwks_uri or discovery: true",
+                );
+            }
+            if let Some(uri) = &iss.jwks_uri
+                && !(uri.starts_with("https://") || uri.starts_with("http://"))
+            {
+                bad(key("jwks_uri"), "must be an http:// or https:// URL");
+            }
+            if iss.discovery
+                && !(iss.issuer.starts_with("https://") || iss.issuer.starts_with("http://"))
+            {
+                bad(
+                    key("discovery"),
+                    "needs an issuer that is an http:// or https:// URL",
+                );
+            }
+            if iss.jwks_ttl.0 < Duration::from_secs(1) {
+                bad(key("jwks_ttl"), "must be at least 1s");
+            }
+            if iss.fetch_timeout.0.is_zero() {
+                bad(key("fetch_timeout"), "must be more than 0");
+            }
+        }
+        for (key, name) in [
+            ("headers.subject", &self.headers.subject),
+            ("headers.actor", &self.headers.actor),
+            ("headers.chain", &self.headers.chain),
+        ] {
+            if !is_header_name(name) {
+                bad(key.into(), "must be a lower-case HTTP header name");
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad(
+                "log.level".into(),
+                "is not a valid filter (e.g. info, debug, onbehalf=debug)",
+            );
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems),
+        }
+    }
+}
+
+/// Sets each `ONBEHALF_A__B=value` override at key path `a.b`, then deserializes again.
+/// Values are read as YAML scalars, so `true`, `5` and `30s` mean what they do in the file.
+fn apply_env(config: Config, overrides: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let mut tree = yaml_serde::to_value(&config).map_err(|e| ConfigError::Parse {
+        origin: "configuration".into(),
+        message: e.to_string(),
+    })?;
+    for (var, raw) in overrides {
+        let path: Vec<String> = var
+            .strip_prefix(ENV_PREFIX)
+            .unwrap_or_default()
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let value: yaml_serde::Value = yaml_serde::from_str(raw).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            message: format!("value is not valid YAML: {e}"),
+        })?;
+        set_path(&mut tree, &path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        // Deserialize after each override so an error names the variable that caused it.
+        yaml_serde::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    yaml_serde::from_value(tree).map_err(|e| ConfigError::Parse {
+        origin: "environment overrides".into(),
+        message: e.to_string(),
+    })
+}
+
+fn set_path(
+    tree: &mut yaml_serde::Value,
+    path: &[String],
+    value: yaml_serde::Value,
+) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("names no configuration key".into());
+    };
+    let mut node = tree;
+    let prefix = |depth: usize| {
+        parents
+            .iter()
+            .take(depth)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    for (depth, part) in parents.iter().enumerate() {
+        node = match node {
+            yaml_serde::Value::Mapping(map) => map
+                .entry(yaml_serde::Value::String(part.clone()))
+                .or_insert_with(|| yaml_serde::Value::Mapping(Default::default())),
+            yaml_serde::Value::Sequence(seq) => {
+                let index: usize = part
+                    .parse()
+                    .map_err(|_| format!("`{part}` is not a list index"))?;
+                seq.get_mut(index).ok_or_else(|| {
+                    format!("index {index} is past the end of `{}`", prefix(depth))
+                })?
+            }
+            _ => return Err(format!("`{}` is not a section", prefix(depth))),
+        };
+    }
+    match node {
+        yaml_serde::Value::Mapping(map) => {
+            map.insert(yaml_serde::Value::String(last.clone()), value);
+            Ok(())
+        }
+        yaml_serde::Value::Sequence(seq) => {
+            let index: usize = last
+                .parse()
+                .map_err(|_| format!("`{last}` is not a list index"))?;
+            let slot = seq
+                .get_mut(index)
+                .ok_or_else(|| format!("index {index} is past the end of the list"))?;
+            *slot = value;
+            Ok(())
+        }
+        _ => Err(format!("`{}` is not a section", parents.join("."))),
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+// === defaults ===
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_jwks_ttl() -> Seconds {
+    Seconds(Duration::from_secs(300))
+}
+fn default_min_refresh() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_fetch_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_addr: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            shutdown_grace: Seconds(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: PathBuf::from("policies"),
+            query: "data.envoy.authz.allow".into(),
+        }
+    }
+}
+
+impl Default for AuthnConfig {
+    fn default() -> Self {
+        AuthnConfig {
+            header: "authorization".into(),
+            max_token_bytes: 8192,
+            max_delegation_depth: 8,
+            issuers: Vec::new(),
+        }
+    }
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            subject: "x-onbehalf-subject".into(),
+            actor: "x-onbehalf-actor".into(),
+            chain: "x-onbehalf-chain".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+// === impl Source ===
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("embedded default config"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+// === impl ListenAddr ===
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/onbehalf.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("`{s}` is not host:port (e.g. 127.0.0.1:9191) or unix:/path/to.sock")
+        })
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// === impl Seconds ===
+
+impl std::str::FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 250ms, 30s, 5m or 1h"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("`{s}` is not a duration like 250ms, 30s, 5m or 1h")),
+        };
+        Ok(Seconds(d))
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;

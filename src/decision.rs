@@ -1,0 +1,311 @@
+//! `Decision` -> Envoy `CheckResponse`.
+//!
+//! Every decision becomes `Ok(CheckResponse)`: an allow with header mutations, or a denial
+//! with status, headers and a short JSON body. Denials never carry policy internals.
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse, QueryParameter,
+};
+use envoy_types::pb::google::protobuf as pbuf;
+use envoy_types::pb::google::rpc;
+use serde_json::{Map, Value as Json, json};
+
+use crate::authn::AuthnError;
+use crate::policy::{AppendAction, Grant, HeaderOp, Verdict};
+
+/// What onbehalf answers for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Deny),
+}
+
+/// An allowed request and the changes to make to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Allow {
+    pub headers: Vec<HeaderOp>,
+    pub headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<HeaderOp>,
+    pub query_parameters_to_set: Vec<(String, String)>,
+    pub query_parameters_to_remove: Vec<String>,
+    pub dynamic_metadata: Option<Map<String, Json>>,
+    pub grant: Option<Grant>,
+}
+
+/// A denied request: status, response headers and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deny {
+    pub status: u16,
+    pub reason: DenyReason,
+    pub headers: Vec<HeaderOp>,
+    pub body: String,
+    pub dynamic_metadata: Option<Map<String, Json>>,
+}
+
+/// Why a request was denied; the label used in logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// 400: the request could not be read.
+    BadRequest(String),
+    /// 401: no token, or one that did not verify.
+    Unauthenticated(AuthnError),
+    /// 403: the policy said no.
+    Policy,
+    /// 403: the policy's answer was undefined or malformed; failing closed.
+    PolicyResult(String),
+    /// 403: evaluation failed; failing closed.
+    Internal(String),
+    /// 503: keys not loaded yet.
+    Unavailable,
+}
+
+pub const STATUS_BAD_REQUEST: u16 = 400;
+pub const STATUS_UNAUTHORIZED: u16 = 401;
+pub const STATUS_FORBIDDEN: u16 = 403;
+pub const STATUS_UNAVAILABLE: u16 = 503;
+
+// === impl DenyReason ===
+
+impl DenyReason {
+    /// A short, stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DenyReason::BadRequest(_) => "bad_request",
+            DenyReason::Unauthenticated(AuthnError::Missing) => "missing_token",
+            DenyReason::Unauthenticated(_) => "invalid_token",
+            DenyReason::Policy => "policy",
+            DenyReason::PolicyResult(_) => "policy_result",
+            DenyReason::Internal(_) => "internal_error",
+            DenyReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// A denial before policy: bad input, bad token or no keys.
+    pub fn deny(reason: DenyReason) -> Decision {
+        let (status, body) = match &reason {
+            DenyReason::BadRequest(msg) => (
+                STATUS_BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": msg}),
+            ),
+            DenyReason::Unauthenticated(e) => (
+                STATUS_UNAUTHORIZED,
+                json!({"error": "invalid_token", "error_description": e.to_string()}),
+            ),
+            DenyReason::Unavailable => (
+                STATUS_UNAVAILABLE,
+                json!({"error": "temporarily_unavailable",
+                       "error_description": "the authorizer is not ready; retry shortly"}),
+            ),
+            DenyReason::Policy | DenyReason::PolicyResult(_) | DenyReason::Internal(_) => (
+                STATUS_FORBIDDEN,
+                json!({"error": "access_denied",
+                       "error_description": "the request is not allowed"}),
+            ),
+        };
+        let mut headers = vec![content_type_json()];
+        if let DenyReason::Unauthenticated(e) = &reason {
+            // RFC 6750 §3: no error code when the request carried no credentials at all.
+            let challenge = match e {
+                AuthnError::Missing => "Bearer".to_string(),
+                e => format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    e.to_string().replace('"', "'")
+                ),
+            };
+            headers.push(set("www-authenticate", challenge));
+        }
+        Decision::Deny(Deny {
+            status,
+            reason,
+            headers,
+            body: body.to_string(),
+            dynamic_metadata: None,
+        })
+    }
+
+    /// The decision for a policy verdict.
+    pub fn from_verdict(v: Verdict) -> Decision {
+        if v.allowed {
+            return Decision::Allow(Allow {
+                headers: v.headers,
+                headers_to_remove: v.request_headers_to_remove,
+                response_headers_to_add: v.response_headers_to_add,
+                query_parameters_to_set: v.query_parameters_to_set,
+                query_parameters_to_remove: v.query_parameters_to_remove,
+                dynamic_metadata: v.dynamic_metadata,
+                grant: v.grant,
+            });
+        }
+        let mut headers = v.headers;
+        if !v.insufficient_scope.is_empty() {
+            headers.push(set(
+                "www-authenticate",
+                format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    v.insufficient_scope.join(" ").replace('"', "'")
+                ),
+            ));
+        }
+        let body = match v.body {
+            Some(body) => body,
+            None => {
+                if !headers.iter().any(|h| h.name == "content-type") {
+                    headers.push(content_type_json());
+                }
+                match v.insufficient_scope.is_empty() {
+                    true => json!({"error": "access_denied",
+                                   "error_description": "the request is not allowed"}),
+                    false => json!({"error": "insufficient_scope",
+                                    "error_description": "the token lacks a required scope",
+                                    "scope": v.insufficient_scope.join(" ")}),
+                }
+                .to_string()
+            }
+        };
+        Decision::Deny(Deny {
+            status: v.http_status.unwrap_or(STATUS_FORBIDDEN),
+            reason: DenyReason::Policy,
+            headers,
+            body,
+            dynamic_metadata: v.dynamic_metadata,
+        })
+    }
+
+    /// The Envoy response. `identity` headers are set last with overwrite semantics and
+    /// removed from the policy's own mutations, so neither a client nor a policy can forge them.
+    pub fn to_check_response(&self, identity: &[(String, Option<String>)]) -> CheckResponse {
+        match self {
+            Decision::Allow(a) => {
+                let is_identity = |name: &str| identity.iter().any(|(n, _)| n == name);
+                let mut headers: Vec<HeaderValueOption> = a
+                    .headers
+                    .iter()
+                    .filter(|h| !is_identity(&h.name))
+                    .map(header_option)
+                    .collect();
+                let mut headers_to_remove: Vec<String> = a
+                    .headers_to_remove
+                    .iter()
+                    .filter(|h| !is_identity(h))
+                    .cloned()
+                    .collect();
+                for (name, value) in identity {
+                    match value {
+                        Some(v) => headers.push(header_option(&set(name, v.clone()))),
+                        None => headers_to_remove.push(name.clone()),
+                    }
+                }
+                CheckResponse {
+                    status: Some(rpc::Status {
+                        code: tonic::Code::Ok as i32,
+                        ..Default::default()
+                    }),
+                    dynamic_metadata: a.dynamic_metadata.as_ref().map(to_struct),
+                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                        headers,
+                        headers_to_remove,
+                        response_headers_to_add: a
+                            .response_headers_to_add
+                            .iter()
+                            .map(header_option)
+                            .collect(),
+                        query_parameters_to_set: a
+                            .query_parameters_to_set
+                            .iter()
+                            .map(|(k, v)| QueryParameter {
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        query_parameters_to_remove: a.query_parameters_to_remove.clone(),
+                        ..Default::default()
+                    })),
+                }
+            }
+            Decision::Deny(d) => {
+                let code = match d.status {
+                    STATUS_UNAUTHORIZED => tonic::Code::Unauthenticated,
+                    _ => tonic::Code::PermissionDenied,
+                };
+                CheckResponse {
+                    status: Some(rpc::Status {
+                        code: code as i32,
+                        message: d.reason.label().to_string(),
+                        ..Default::default()
+                    }),
+                    dynamic_metadata: d.dynamic_metadata.as_ref().map(to_struct),
+                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                        status: Some(HttpStatus {
+                            code: i32::from(d.status),
+                        }),
+                        headers: d.headers.iter().map(header_option).collect(),
+                        body: d.body.clone(),
+                    })),
+                }
+            }
+        }
+    }
+}
+
+fn set(name: &str, value: String) -> HeaderOp {
+    HeaderOp {
+        name: name.to_string(),
+        value,
+        action: AppendAction::OverwriteIfExistsOrAdd,
+    }
+}
+
+fn content_type_json() -> HeaderOp {
+    set("content-type", "application/json".into())
+}
+
+fn header_option(h: &HeaderOp) -> HeaderValueOption {
+    let action = match h.action {
+        AppendAction::AppendIfExistsOrAdd => HeaderAppendAction::AppendIfExistsOrAdd,
+        AppendAction::AddIfAbsent => HeaderAppendAction::AddIfAbsent,
+        AppendAction::OverwriteIfExistsOrAdd => HeaderAppendAction::OverwriteIfExistsOrAdd,
+        AppendAction::OverwriteIfExists => HeaderAppendAction::OverwriteIfExists,
+    };
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: h.name.clone(),
+            value: h.value.clone(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}
+
+fn to_struct(m: &Map<String, Json>) -> pbuf::Struct {
+    pbuf::Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+    }
+}
+
+fn to_value(v: &Json) -> pbuf::Value {
+    use pbuf::value::Kind;
+    let kind = match v {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(a) => Kind::ListValue(pbuf::ListValue {
+            values: a.iter().map(to_value).collect(),
+        }),
+        Json::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    pbuf::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests;

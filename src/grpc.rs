@@ -1,0 +1,101 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check`: the only code that sees a
+//! CheckRequest come in and a CheckResponse go out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use tonic::{Request, Response, Status};
+
+use crate::authz::{Authorizer, Outcome};
+use crate::decision::{Decision, DenyReason};
+use crate::input::CheckInput;
+
+/// The tonic service. Every request gets a decision: `Ok(CheckResponse)`, allow or deny.
+#[derive(Clone)]
+pub struct AuthzService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthzService {
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        AuthzService { authorizer }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let (response, _) = respond(&self.authorizer, request.get_ref()).await;
+        Ok(Response::new(response))
+    }
+}
+
+/// Decides one CheckRequest, records and logs the decision, and builds the response.
+pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckResponse, Outcome) {
+    let start = Instant::now();
+    let outcome = match CheckInput::try_from(request) {
+        Ok(input) => authorizer.decide(&input).await,
+        Err(e) => authorizer.denied(DenyReason::BadRequest(e.to_string())),
+    };
+    authorizer.metrics().record(&outcome.decision);
+    log_decision(request, &outcome, start);
+    let response = outcome.decision.to_check_response(&outcome.identity);
+    (response, outcome)
+}
+
+/// One line per decision. The path is logged without its query string (queries carry
+/// secrets too often), and never a token.
+fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let method = http.map_or("", |h| h.method.as_str());
+    let path = http.map_or("", |h| h.path.split('?').next().unwrap_or_default());
+    let request_id = http.map_or("", |h| h.id.as_str());
+    let subject = outcome.subject.as_deref().unwrap_or("");
+    let actor = outcome.actor.as_deref().unwrap_or("");
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match &outcome.decision {
+        Decision::Allow(_) => tracing::info!(
+            authz.decision = "allow",
+            http.method = method,
+            http.path = path,
+            http.request_id = request_id,
+            authz.subject = subject,
+            authz.actor = actor,
+            authz.depth = outcome.depth,
+            authz.duration_us = micros,
+            "Request allowed"
+        ),
+        Decision::Deny(d) => tracing::info!(
+            authz.decision = "deny",
+            authz.reason = d.reason.label(),
+            authz.detail = %detail(&d.reason),
+            http.status = d.status,
+            http.method = method,
+            http.path = path,
+            http.request_id = request_id,
+            authz.subject = subject,
+            authz.actor = actor,
+            authz.depth = outcome.depth,
+            authz.duration_us = micros,
+            "Request denied"
+        ),
+    }
+}
+
+fn detail(reason: &DenyReason) -> String {
+    match reason {
+        DenyReason::BadRequest(m) | DenyReason::PolicyResult(m) | DenyReason::Internal(m) => {
+            m.clone()
+        }
+        DenyReason::Unauthenticated(e) => e.to_string(),
+        DenyReason::Policy | DenyReason::Unavailable => String::new(),
+    }
+}

@@ -1,0 +1,464 @@
+//! CheckRequest -> `CheckInput` (validated once, at the edge) -> the Rego input document.
+//!
+//! The document is a superset of OPA-Envoy's: `attributes` in the protobuf JSON mapping
+//! (lowerCamelCase names, default values and empty maps left out, int64 as strings),
+//! `parsed_path`, `parsed_query`, `parsed_body`, `truncated_body`, `version`; then onbehalf's
+//! `subject`, `actor`, `delegation` and `token`. It is built as a `regorus::Value` directly.
+
+use std::collections::{BTreeMap, HashMap};
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
+use envoy_types::pb::google::protobuf as pbuf;
+use percent_encoding::percent_decode_str;
+use regorus::Value;
+
+use crate::authn::{Authenticated, Party};
+
+/// Envoy sets this header when `with_request_body` cut the body at `max_request_bytes`.
+const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the check request has no HTTP request attributes")]
+    NoHttpRequest,
+    #[error("a path segment is not valid UTF-8 once percent-decoded")]
+    PathEncoding,
+    #[error("the request body is not valid JSON")]
+    Body,
+}
+
+/// The parts of a CheckRequest that onbehalf reads, validated.
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub method: String,
+    /// The raw request target, query string included, as Envoy saw it.
+    pub path: String,
+    /// Lower-case header names; repeated headers joined with `,` as Envoy does.
+    pub headers: HashMap<String, String>,
+    attributes: Value,
+    parsed_path: Value,
+    parsed_query: Value,
+    parsed_body: Option<Value>,
+    truncated_body: bool,
+}
+
+// === impl CheckInput ===
+
+impl TryFrom<&CheckRequest> for CheckInput {
+    type Error = InputError;
+
+    fn try_from(req: &CheckRequest) -> Result<Self, Self::Error> {
+        let attrs = req.attributes.as_ref().ok_or(InputError::NoHttpRequest)?;
+        let http = attrs
+            .request
+            .as_ref()
+            .and_then(|r| r.http.as_ref())
+            .ok_or(InputError::NoHttpRequest)?;
+        let headers = request_headers(http);
+        let (path_only, query) = split_target(&http.path);
+        let parsed_path = parse_path(path_only)?;
+        let parsed_query = parse_query(query);
+        let truncated_body = headers
+            .get(PARTIAL_BODY_HEADER)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let parsed_body = match truncated_body {
+            true => None,
+            false => parse_body(http, headers.get("content-type").map(String::as_str))?,
+        };
+        Ok(CheckInput {
+            method: http.method.clone(),
+            path: http.path.clone(),
+            attributes: attributes(attrs, &headers),
+            parsed_path,
+            parsed_query,
+            parsed_body,
+            truncated_body,
+            headers,
+        })
+    }
+}
+
+impl CheckInput {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The Rego input document for this request and its verified token.
+    pub fn document(&self, auth: &Authenticated) -> Value {
+        let d = &auth.delegation;
+        let t = &auth.token;
+        let mut doc = BTreeMap::new();
+        put(&mut doc, "attributes", self.attributes.clone());
+        put(&mut doc, "parsed_path", self.parsed_path.clone());
+        put(&mut doc, "parsed_query", self.parsed_query.clone());
+        if let Some(body) = &self.parsed_body {
+            put(&mut doc, "parsed_body", body.clone());
+        }
+        put(&mut doc, "truncated_body", Value::from(self.truncated_body));
+        put(
+            &mut doc,
+            "version",
+            object([("encoding", "protojson".into()), ("ext_authz", "v3".into())]),
+        );
+        put(&mut doc, "subject", party(&d.subject));
+        put(&mut doc, "actor", d.actor().map_or(Value::Null, party));
+        put(
+            &mut doc,
+            "delegation",
+            object([
+                (
+                    "chain",
+                    Value::from(d.chain.iter().map(party).collect::<Vec<_>>()),
+                ),
+                ("depth", Value::from(d.depth())),
+            ]),
+        );
+        put(
+            &mut doc,
+            "token",
+            object([
+                ("issuer", Value::from(t.issuer.as_str())),
+                ("audience", strings(&t.audience)),
+                ("scopes", strings(&t.scopes)),
+                ("expires_at", t.expires_at.map_or(Value::Null, Value::from)),
+                ("jti", opt_str(t.jti.as_deref())),
+                ("type", opt_str(t.kind.as_deref())),
+            ]),
+        );
+        Value::from(doc)
+    }
+}
+
+fn party(p: &Party) -> Value {
+    object([
+        ("id", Value::from(&*p.id)),
+        (
+            "claims",
+            Value::from(serde_json::Value::Object(p.claims.clone())),
+        ),
+    ])
+}
+
+/// Splits a request target into path and query; a fragment (never sent by clients, but
+/// possible in a hand-made request) is dropped.
+fn split_target(target: &str) -> (&str, &str) {
+    let target = target.split('#').next().unwrap_or_default();
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// Splits the raw path on `/` first and decodes each segment after, so `%2F` stays inside its
+/// segment. Empty, `.` and `..` segments are kept as they are: the policy sees what was sent.
+fn parse_path(path: &str) -> Result<Value, InputError> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let segments = path
+        .split('/')
+        .map(|s| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| Value::from(s.as_ref()))
+                .map_err(|_| InputError::PathEncoding)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Value::from(segments))
+}
+
+/// `name -> [values...]` in the order given, `+` read as a space (HTML form encoding, as
+/// OPA-Envoy's Go `url.ParseQuery`).
+fn parse_query(query: &str) -> Value {
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        map.entry(k.into_owned())
+            .or_default()
+            .push(Value::from(v.as_ref()));
+    }
+    Value::from(
+        map.into_iter()
+            .map(|(k, v)| (Value::from(k), Value::from(v)))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn parse_body(
+    http: &attribute_context::HttpRequest,
+    content_type: Option<&str>,
+) -> Result<Option<Value>, InputError> {
+    let bytes: &[u8] = match http.raw_body.is_empty() {
+        true => http.body.as_bytes(),
+        false => &http.raw_body,
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mime = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    match mime.as_deref() {
+        Some("application/json") => {
+            let v: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|_| InputError::Body)?;
+            Ok(Some(Value::from(v)))
+        }
+        Some("application/x-www-form-urlencoded") => {
+            Ok(Some(parse_query(&String::from_utf8_lossy(bytes))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Envoy sends headers as a map, or as a list when `encode_raw_headers` is on.
+fn request_headers(http: &attribute_context::HttpRequest) -> HashMap<String, String> {
+    if !http.headers.is_empty() {
+        return http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+    }
+    let mut headers: HashMap<String, String> = HashMap::new();
+    for h in http.header_map.iter().flat_map(|m| m.headers.iter()) {
+        let value = match h.raw_value.is_empty() {
+            true => h.value.clone(),
+            false => String::from_utf8_lossy(&h.raw_value).into_owned(),
+        };
+        headers
+            .entry(h.key.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    headers
+}
+
+// === protobuf JSON mapping of AttributeContext ===
+
+fn attributes(a: &AttributeContext, headers: &HashMap<String, String>) -> Value {
+    let mut m = BTreeMap::new();
+    if let Some(p) = &a.source {
+        put(&mut m, "source", peer(p));
+    }
+    if let Some(p) = &a.destination {
+        put(&mut m, "destination", peer(p));
+    }
+    if let Some(r) = &a.request {
+        let mut req = BTreeMap::new();
+        if let Some(t) = &r.time {
+            put(&mut req, "time", Value::from(rfc3339(t)));
+        }
+        if let Some(h) = &r.http {
+            put(&mut req, "http", http_request(h, headers));
+        }
+        put(&mut m, "request", Value::from(req));
+    }
+    put_map(&mut m, "contextExtensions", &a.context_extensions);
+    if let Some(md) = &a.metadata_context {
+        put(&mut m, "metadataContext", metadata(md));
+    }
+    if let Some(md) = &a.route_metadata_context {
+        put(&mut m, "routeMetadataContext", metadata(md));
+    }
+    if let Some(tls) = &a.tls_session {
+        let mut t = BTreeMap::new();
+        put_str(&mut t, "sni", &tls.sni);
+        put(&mut m, "tlsSession", Value::from(t));
+    }
+    Value::from(m)
+}
+
+fn http_request(h: &attribute_context::HttpRequest, headers: &HashMap<String, String>) -> Value {
+    let mut m = BTreeMap::new();
+    put_str(&mut m, "id", &h.id);
+    put_str(&mut m, "method", &h.method);
+    if !headers.is_empty() {
+        put(
+            &mut m,
+            "headers",
+            Value::from(
+                headers
+                    .iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        );
+    }
+    put_str(&mut m, "path", &h.path);
+    put_str(&mut m, "host", &h.host);
+    put_str(&mut m, "scheme", &h.scheme);
+    put_str(&mut m, "query", &h.query);
+    put_str(&mut m, "fragment", &h.fragment);
+    if h.size != 0 {
+        // int64 is a string in the protobuf JSON mapping.
+        put(&mut m, "size", Value::from(h.size.to_string()));
+    }
+    put_str(&mut m, "protocol", &h.protocol);
+    put_str(&mut m, "body", &h.body);
+    if !h.raw_body.is_empty() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&h.raw_body);
+        put(&mut m, "rawBody", Value::from(b64));
+    }
+    Value::from(m)
+}
+
+fn peer(p: &attribute_context::Peer) -> Value {
+    let mut m = BTreeMap::new();
+    if let Some(addr) = p.address.as_ref().and_then(|a| a.address.as_ref()) {
+        let inner = match addr {
+            core::address::Address::SocketAddress(s) => {
+                let mut sa = BTreeMap::new();
+                put_str(&mut sa, "address", &s.address);
+                match &s.port_specifier {
+                    Some(core::socket_address::PortSpecifier::PortValue(port)) => {
+                        put(&mut sa, "portValue", Value::from(u64::from(*port)));
+                    }
+                    Some(core::socket_address::PortSpecifier::NamedPort(name)) => {
+                        put_str(&mut sa, "namedPort", name);
+                    }
+                    None => {}
+                }
+                ("socketAddress", Value::from(sa))
+            }
+            core::address::Address::Pipe(pipe) => {
+                let mut pm = BTreeMap::new();
+                put_str(&mut pm, "path", &pipe.path);
+                if pipe.mode != 0 {
+                    put(&mut pm, "mode", Value::from(u64::from(pipe.mode)));
+                }
+                ("pipe", Value::from(pm))
+            }
+            core::address::Address::EnvoyInternalAddress(_) => {
+                ("envoyInternalAddress", Value::new_object())
+            }
+        };
+        put(&mut m, "address", object([inner]));
+    }
+    put_str(&mut m, "service", &p.service);
+    put_map(&mut m, "labels", &p.labels);
+    put_str(&mut m, "principal", &p.principal);
+    put_str(&mut m, "certificate", &p.certificate);
+    Value::from(m)
+}
+
+fn metadata(md: &core::Metadata) -> Value {
+    let mut m = BTreeMap::new();
+    if !md.filter_metadata.is_empty() {
+        put(
+            &mut m,
+            "filterMetadata",
+            Value::from(
+                md.filter_metadata
+                    .iter()
+                    .map(|(k, s)| (Value::from(k.as_str()), proto_struct(s)))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        );
+    }
+    Value::from(m)
+}
+
+fn proto_struct(s: &pbuf::Struct) -> Value {
+    Value::from(
+        s.fields
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), proto_value(v)))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn proto_value(v: &pbuf::Value) -> Value {
+    use pbuf::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => Value::from(*n),
+        Some(Kind::StringValue(s)) => Value::from(s.as_str()),
+        Some(Kind::BoolValue(b)) => Value::from(*b),
+        Some(Kind::StructValue(s)) => proto_struct(s),
+        Some(Kind::ListValue(l)) => {
+            Value::from(l.values.iter().map(proto_value).collect::<Vec<_>>())
+        }
+    }
+}
+
+/// RFC 3339 in UTC, as the protobuf JSON mapping writes a Timestamp.
+pub(crate) fn rfc3339(t: &pbuf::Timestamp) -> String {
+    let days = t.seconds.div_euclid(86_400);
+    let secs = t.seconds.rem_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    let (h, mi, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let nanos = t.nanos.clamp(0, 999_999_999);
+    if nanos == 0 {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    } else {
+        let frac = format!("{nanos:09}");
+        let frac = frac.trim_end_matches('0');
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac}Z")
+    }
+}
+
+/// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+// === small builders for regorus values ===
+
+fn put(m: &mut BTreeMap<Value, Value>, k: &str, v: Value) {
+    m.insert(Value::from(k), v);
+}
+
+fn put_str(m: &mut BTreeMap<Value, Value>, k: &str, v: &str) {
+    if !v.is_empty() {
+        put(m, k, Value::from(v));
+    }
+}
+
+fn put_map(m: &mut BTreeMap<Value, Value>, k: &str, v: &HashMap<String, String>) {
+    if !v.is_empty() {
+        put(
+            m,
+            k,
+            Value::from(
+                v.iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        );
+    }
+}
+
+fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::from(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn strings(list: &[String]) -> Value {
+    Value::from(
+        list.iter()
+            .map(|s| Value::from(s.as_str()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn opt_str(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, Value::from)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+//! Logging set-up, decision counters, and the Prometheus text rendering of them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{LogConfig, LogFormat};
+use crate::decision::{Decision, DenyReason};
+
+/// Every label a decision can carry, in the order they are rendered.
+const REASONS: [&str; 7] = [
+    "bad_request",
+    "missing_token",
+    "invalid_token",
+    "policy",
+    "policy_result",
+    "internal_error",
+    "unavailable",
+];
+
+/// Decision counters. Lock-free: one relaxed add per request.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allowed: AtomicU64,
+    denied: [AtomicU64; REASONS.len()],
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn record(&self, decision: &Decision) {
+        match decision {
+            Decision::Allow(_) => {
+                self.allowed.fetch_add(1, Ordering::Relaxed);
+            }
+            Decision::Deny(d) => {
+                let label = d.reason.label();
+                if let Some(c) = REASONS
+                    .iter()
+                    .position(|r| *r == label)
+                    .and_then(|i| self.denied.get(i))
+                {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn allowed(&self) -> u64 {
+        self.allowed.load(Ordering::Relaxed)
+    }
+
+    pub fn denied(&self, reason: &DenyReason) -> u64 {
+        REASONS
+            .iter()
+            .position(|r| *r == reason.label())
+            .and_then(|i| self.denied.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self, ready: bool) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP onbehalf_decisions_total Check decisions by outcome and reason."
+        );
+        let _ = writeln!(out, "# TYPE onbehalf_decisions_total counter");
+        let _ = writeln!(
+            out,
+            "onbehalf_decisions_total{{decision=\"allow\",reason=\"policy\"}} {}",
+            self.allowed()
+        );
+        for (label, counter) in REASONS.iter().zip(self.denied.iter()) {
+            let _ = writeln!(
+                out,
+                "onbehalf_decisions_total{{decision=\"deny\",reason=\"{label}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP onbehalf_ready 1 once the policy and every issuer's keys have loaded."
+        );
+        let _ = writeln!(out, "# TYPE onbehalf_ready gauge");
+        let _ = writeln!(out, "onbehalf_ready {}", u8::from(ready));
+        out
+    }
+}
+
+/// Installs the global `tracing` subscriber: JSON lines or text, to stderr.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests, `check` after `serve` set-up) keeps the first subscriber.
+    let _ = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
