@@ -187,10 +187,12 @@ impl Config {
         let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
-                origin: origin.clone(),
-                message: e.to_string(),
-            })?
+            serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text)).map_err(
+                |e| ConfigError::Parse {
+                    origin: origin.clone(),
+                    message: with_path(e.path(), e.inner()),
+                },
+            )?
         };
         let overrides: BTreeMap<String, String> = env
             .into_iter()
@@ -362,15 +364,34 @@ fn apply_env(config: Config, overrides: &BTreeMap<String, String>) -> Result<Con
             message,
         })?;
         // Deserialize after each override so an error names the variable that caused it.
-        yaml_serde::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Env {
-            var: var.clone(),
-            message: e.to_string(),
+        serde_path_to_error::deserialize::<_, Config>(tree.clone()).map_err(|e| {
+            ConfigError::Env {
+                var: var.clone(),
+                message: with_path(e.path(), e.inner()),
+            }
         })?;
     }
     yaml_serde::from_value(tree).map_err(|e| ConfigError::Parse {
         origin: "environment overrides".into(),
         message: e.to_string(),
     })
+}
+
+/// `key.path: message`, unless the message already starts with the path.
+fn with_path(path: &serde_path_to_error::Path, inner: &yaml_serde::Error) -> String {
+    let path = path.to_string();
+    let message = inner.to_string();
+    match path.as_str() {
+        "." | "" => message,
+        _ => {
+            // yaml_serde prefixes the enclosing section itself; keep only the full path.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest,
+                _ => message.as_str(),
+            };
+            format!("{path}: {message}")
+        }
+    }
 }
 
 fn set_path(

@@ -1,2 +1,311 @@
-#![allow(unused_imports)]
+use std::path::PathBuf;
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+
 use super::*;
+use crate::config::{IssuerConfig, Seconds};
+
+const ISS: &str = "https://idp.test";
+const AUD: &str = "svc";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn jwk(kid: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(&format!("{kid}.jwk.json"))).expect("fixture");
+    serde_json::from_str(&text).expect("jwk json")
+}
+
+fn signing_key(kid: &str) -> (EncodingKey, Algorithm) {
+    let pem = std::fs::read(fixture(&format!("{kid}.pem"))).expect("fixture");
+    match kid {
+        k if k.starts_with("rsa") => (
+            EncodingKey::from_rsa_pem(&pem).expect("rsa"),
+            Algorithm::RS256,
+        ),
+        k if k.starts_with("ec") => (
+            EncodingKey::from_ec_pem(&pem).expect("ec"),
+            Algorithm::ES256,
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(&pem).expect("ed"),
+            Algorithm::EdDSA,
+        ),
+    }
+}
+
+fn sign(kid: &str, claims: &serde_json::Value) -> String {
+    let (key, alg) = signing_key(kid);
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+}
+
+fn now() -> i64 {
+    i64::try_from(jsonwebtoken::get_current_timestamp()).expect("time")
+}
+
+fn claims() -> serde_json::Value {
+    json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": now() + 300, "employee": true,
+           "act": {"sub": "agent-a", "act": {"sub": "orchestrator"}}})
+}
+
+/// A verifier trusting ISS with keys from a JWKS file holding `kids`.
+async fn verifier(kids: &[&str], dir: &tempfile::TempDir) -> Verifier {
+    let path = dir.path().join("jwks.json");
+    let keys: Vec<_> = kids.iter().map(|k| jwk(k)).collect();
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).expect("write jwks");
+    let issuer = IssuerConfig {
+        issuer: ISS.into(),
+        audiences: vec![AUD.into()],
+        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        leeway: Seconds(std::time::Duration::from_secs(0)),
+        jwks_file: Some(path),
+        jwks_uri: None,
+        discovery: false,
+        jwks_ttl: Seconds(std::time::Duration::from_secs(300)),
+        min_refresh_interval: Seconds(std::time::Duration::from_secs(10)),
+        fetch_timeout: Seconds(std::time::Duration::from_secs(1)),
+    };
+    let keys = Arc::new(IssuerKeys::new(&issuer).expect("client"));
+    assert!(keys.refresh(true).await, "keys load");
+    let config = crate::config::AuthnConfig {
+        max_delegation_depth: 4,
+        ..Default::default()
+    };
+    Verifier::new(&config, vec![keys])
+}
+
+fn b64(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[test]
+fn bearer_extraction() {
+    assert_eq!(
+        extract_bearer(Some("Bearer abc.def.ghi")),
+        Ok("abc.def.ghi")
+    );
+    assert_eq!(
+        extract_bearer(Some("bearer   abc.def.ghi")),
+        Ok("abc.def.ghi")
+    );
+    assert_eq!(extract_bearer(None), Err(AuthnError::Missing));
+    assert_eq!(extract_bearer(Some("  ")), Err(AuthnError::Missing));
+    assert_eq!(
+        extract_bearer(Some("Basic dXNlcjpwdw==")),
+        Err(AuthnError::NotBearer)
+    );
+    assert_eq!(extract_bearer(Some("Bearer")), Err(AuthnError::NotBearer));
+    assert_eq!(
+        extract_bearer(Some("Bearer a b")),
+        Err(AuthnError::Malformed)
+    );
+    assert_eq!(
+        extract_bearer(Some("Bearer a\"b")),
+        Err(AuthnError::Malformed)
+    );
+}
+
+#[tokio::test]
+async fn verifies_rs256_es256_and_eddsa() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1", "ec-1", "ed-1"], &dir).await;
+    for kid in ["rsa-1", "ec-1", "ed-1"] {
+        let auth = v.verify(&sign(kid, &claims())).await.expect(kid);
+        assert_eq!(&*auth.delegation.subject.id, "alice");
+        let chain: Vec<&str> = auth.delegation.chain.iter().map(|p| &*p.id).collect();
+        assert_eq!(chain, ["agent-a", "orchestrator"]);
+        assert_eq!(auth.token.issuer, ISS);
+        assert_eq!(auth.token.audience, [AUD]);
+        assert_eq!(auth.token.kind.as_deref(), Some("JWT"));
+    }
+}
+
+#[tokio::test]
+async fn refuses_bad_tokens_with_the_right_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1"], &dir).await;
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        for (k, val) in patch.as_object().expect("object") {
+            match val {
+                serde_json::Value::Null => {
+                    c.as_object_mut().expect("object").remove(k);
+                }
+                _ => c[k] = val.clone(),
+            }
+        }
+        sign("rsa-1", &c)
+    };
+    let cases = [
+        (
+            "expired",
+            with(json!({"exp": now() - 60})),
+            AuthnError::Expired,
+        ),
+        (
+            "not yet valid",
+            with(json!({"nbf": now() + 600})),
+            AuthnError::NotYetValid,
+        ),
+        (
+            "wrong audience",
+            with(json!({"aud": "other"})),
+            AuthnError::Audience,
+        ),
+        (
+            "untrusted issuer",
+            with(json!({"iss": "https://evil"})),
+            AuthnError::UntrustedIssuer,
+        ),
+        (
+            "no exp",
+            with(json!({"exp": null})),
+            AuthnError::MissingClaim("exp"),
+        ),
+        (
+            "no sub",
+            with(json!({"sub": null})),
+            AuthnError::MissingClaim("sub"),
+        ),
+        (
+            "act not an object",
+            with(json!({"act": "agent"})),
+            AuthnError::InvalidActor,
+        ),
+        (
+            "act without sub",
+            with(json!({"act": {"client_id": "x"}})),
+            AuthnError::InvalidActor,
+        ),
+        (
+            "unknown kid",
+            sign_with_kid("rsa-2", "rsa-2"),
+            AuthnError::UnknownKeyId,
+        ),
+        (
+            "signed by another key",
+            sign_with_kid("rsa-2", "rsa-1"),
+            AuthnError::Signature,
+        ),
+        ("not a JWT", "abc".to_string(), AuthnError::Malformed),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(v.verify(&token).await.map(|_| ()), Err(want), "{name}");
+    }
+}
+
+fn sign_with_kid(key: &str, kid: &str) -> String {
+    let (k, alg) = signing_key(key);
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims(), &k).expect("sign")
+}
+
+#[tokio::test]
+async fn alg_none_and_hmac_with_the_public_key_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1"], &dir).await;
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"})),
+        b64(&claims())
+    );
+    assert_eq!(
+        v.verify(&none).await.map(|_| ()),
+        Err(AuthnError::Malformed)
+    );
+
+    // The classic confusion: HS256 keyed with the issuer's public key material.
+    let public = jwk("rsa-1");
+    let secret = public["n"].as_str().expect("n").as_bytes().to_vec();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let hs = jsonwebtoken::encode(
+        &header,
+        &claims(),
+        &EncodingKey::from_secret(&secret).expect("hmac key"),
+    )
+    .expect("sign");
+    assert_eq!(v.verify(&hs).await.map(|_| ()), Err(AuthnError::Algorithm));
+}
+
+#[tokio::test]
+async fn keys_named_by_the_token_are_ignored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1"], &dir).await;
+    // Signed by rsa-2, carrying rsa-2's public key and a jku: still only rsa-1 may verify.
+    let (key, alg) = signing_key("rsa-2");
+    let mut header = Header::new(alg);
+    header.kid = Some("rsa-1".into());
+    header.jku = Some("https://evil.example/jwks.json".into());
+    header.jwk = serde_json::from_value(jwk("rsa-2")).ok();
+    let token = jsonwebtoken::encode(&header, &claims(), &key).expect("sign");
+    assert_eq!(
+        v.verify(&token).await.map(|_| ()),
+        Err(AuthnError::Signature)
+    );
+}
+
+#[tokio::test]
+async fn size_and_depth_limits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1"], &dir).await;
+    let huge = "a".repeat(9000);
+    assert_eq!(
+        v.verify(&huge).await.map(|_| ()),
+        Err(AuthnError::TooLarge(8192))
+    );
+
+    let mut act = json!({"sub": "agent-5"});
+    for i in (0..5).rev() {
+        act = json!({"sub": format!("agent-{i}"), "act": act});
+    }
+    let mut c = claims();
+    c["act"] = act;
+    let token = sign("rsa-1", &c);
+    assert_eq!(
+        v.verify(&token).await.map(|_| ()),
+        Err(AuthnError::ChainTooDeep(4))
+    );
+}
+
+#[test]
+fn chain_of_a_direct_user_is_empty() {
+    let c = json!({"sub": "alice", "email": "a@x"});
+    let d = chain::decode(c.as_object().expect("object"), 4).expect("decodes");
+    assert_eq!(d.actor(), None);
+    assert_eq!(d.depth(), 0);
+    assert_eq!(d.subject.claims.get("email"), Some(&json!("a@x")));
+}
+
+#[test]
+fn actor_claims_exclude_the_nested_act() {
+    let c = json!({"sub": "alice", "act": {"sub": "a", "client_id": "c1", "act": {"sub": "b"}}});
+    let d = chain::decode(c.as_object().expect("object"), 4).expect("decodes");
+    let actor = d.actor().expect("actor");
+    assert_eq!(&*actor.id, "a");
+    assert_eq!(actor.claims.get("client_id"), Some(&json!("c1")));
+    assert!(actor.claims.get("act").is_none());
+    assert!(d.subject.claims.get("act").is_none());
+}
+
+#[test]
+fn scopes_from_scope_or_scp() {
+    let info = |c: serde_json::Value| {
+        TokenInfo::from_claims(c.as_object().expect("object"), None).expect("info")
+    };
+    let base = json!({"iss": ISS, "aud": [AUD, "x"]});
+    let mut c = base.clone();
+    c["scope"] = json!("a  b");
+    assert_eq!(info(c).scopes, ["a", "b"]);
+    let mut c = base.clone();
+    c["scp"] = json!(["a", "b"]);
+    assert_eq!(info(c).scopes, ["a", "b"]);
+    assert_eq!(info(base).audience, [AUD, "x"]);
+}

@@ -1,2 +1,163 @@
-#![allow(unused_imports)]
 use super::*;
+
+const NO_ENV: [(&str, &str); 0] = [];
+
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(&Source::File("test.yaml".into()), yaml, NO_ENV)
+}
+
+const MINIMAL: &str = "
+authn:
+  issuers:
+    - issuer: https://idp.example
+      audiences: [svc]
+      jwks_uri: https://idp.example/jwks.json
+";
+
+#[test]
+fn embedded_defaults_are_valid() {
+    let c = Config::load(None, NO_ENV).expect("embedded defaults load");
+    assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:9191");
+    assert_eq!(c.server.admin_addr.to_string(), "127.0.0.1:8181");
+    assert_eq!(c.policy.query, "data.envoy.authz.allow");
+    assert_eq!(c.authn.issuers.len(), 1);
+}
+
+#[test]
+fn defaults_fill_unset_keys() {
+    let c = parse(MINIMAL).expect("valid");
+    let iss = &c.authn.issuers[0];
+    assert_eq!(iss.algorithms, vec!["RS256", "ES256", "EdDSA"]);
+    assert_eq!(iss.leeway, Seconds(Duration::from_secs(30)));
+    assert_eq!(c.headers.subject, "x-onbehalf-subject");
+    assert_eq!(c.authn.header, "authorization");
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_key_and_line() {
+    let err = parse("server:\n  grpc_adr: 1.2.3.4:1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test.yaml"), "{err}");
+    assert!(err.contains("grpc_adr"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let err = parse("server:\n  shutdown_grace: soon\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shutdown_grace") && err.contains("soon"),
+        "{err}"
+    );
+    let err = parse("server:\n  grpc_addr: nowhere\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("grpc_addr") && err.contains("nowhere"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validation_reports_every_problem() {
+    let yaml = "
+authn:
+  header: Authorization
+  issuers:
+    - issuer: https://a
+      audiences: []
+      algorithms: [HS256]
+      jwks_file: a.json
+      jwks_uri: https://a/jwks
+policy:
+  query: envoy.authz.allow
+";
+    let err = parse(yaml).unwrap_err().to_string();
+    for expected in [
+        "authn.header",
+        "authn.issuers[0].audiences",
+        "`HS256` is not allowed",
+        "authn.issuers[0]: set exactly one of",
+        "policy.query",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn no_issuer_is_an_error() {
+    let err = parse("log:\n  level: info\n").unwrap_err().to_string();
+    assert!(err.contains("authn.issuers"), "{err}");
+}
+
+#[test]
+fn env_overrides_nested_keys_and_list_items() {
+    let env = [
+        ("ONBEHALF_SERVER__GRPC_ADDR", "unix:/tmp/onbehalf.sock"),
+        ("ONBEHALF_AUTHN__ISSUERS__0__LEEWAY", "5s"),
+        ("ONBEHALF_LOG__FORMAT", "text"),
+        ("UNRELATED", "x"),
+    ];
+    let c = Config::from_yaml(&Source::Embedded, MINIMAL, env).expect("valid");
+    assert_eq!(
+        c.server.grpc_addr,
+        ListenAddr::Unix(PathBuf::from("/tmp/onbehalf.sock"))
+    );
+    assert_eq!(c.authn.issuers[0].leeway, Seconds(Duration::from_secs(5)));
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn env_override_of_unknown_key_names_the_variable() {
+    let env = [("ONBEHALF_SERVER__NOPE", "1")];
+    let err = Config::from_yaml(&Source::Embedded, MINIMAL, env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ONBEHALF_SERVER__NOPE"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_file() {
+    let yaml = "
+policy:
+  dir: rego
+authn:
+  issuers:
+    - issuer: https://a
+      audiences: [svc]
+      jwks_file: keys/jwks.json
+";
+    let c = Config::from_yaml(
+        &Source::File("/etc/onbehalf/config.yaml".into()),
+        yaml,
+        NO_ENV,
+    )
+    .expect("valid");
+    assert_eq!(c.policy.dir, PathBuf::from("/etc/onbehalf/rego"));
+    assert_eq!(
+        c.authn.issuers[0].jwks_file.as_deref(),
+        Some(Path::new("/etc/onbehalf/keys/jwks.json"))
+    );
+}
+
+#[test]
+fn durations_parse_and_print() {
+    for (text, d) in [
+        ("250ms", Duration::from_millis(250)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+    ] {
+        let s: Seconds = text.parse().expect(text);
+        assert_eq!(s.0, d);
+        assert_eq!(s.to_string().parse::<Seconds>().expect("round trip").0, d);
+    }
+    for bad in ["", "5", "s", "1.5s", "-1s", "10 days"] {
+        assert!(bad.parse::<Seconds>().is_err(), "{bad:?} should not parse");
+    }
+}

@@ -1,2 +1,240 @@
-#![allow(unused_imports)]
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HeaderMap, HeaderValue, Metadata, SocketAddress, address, socket_address,
+};
+use serde_json::json;
+
 use super::*;
+use crate::authn::{Delegation, TokenInfo};
+
+fn request(path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.0.0.1".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(51000)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: Some(pbuf::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 500_000_000,
+                }),
+                http: Some(attribute_context::HttpRequest {
+                    id: "req-1".into(),
+                    method: "POST".into(),
+                    path: path.into(),
+                    host: "svc.local".into(),
+                    size: 42,
+                    body: body.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+            }),
+            context_extensions: HashMap::from([("route".to_string(), "b".to_string())]),
+            metadata_context: Some(Metadata::default()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn auth() -> Authenticated {
+    let party = |id: &str| Party {
+        id: id.into(),
+        claims: json!({"sub": id}).as_object().cloned().unwrap_or_default(),
+    };
+    Authenticated {
+        delegation: Delegation {
+            subject: party("alice"),
+            chain: vec![party("agent-a"), party("orchestrator")],
+        },
+        token: TokenInfo {
+            issuer: "https://idp".into(),
+            audience: vec!["svc".into()],
+            scopes: vec!["read".into()],
+            expires_at: Some(1_700_000_300),
+            jti: None,
+            kind: Some("JWT".into()),
+        },
+    }
+}
+
+fn doc(req: &CheckRequest) -> serde_json::Value {
+    let input = CheckInput::try_from(req).expect("valid input");
+    serde_json::to_value(input.document(&auth())).expect("json")
+}
+
+#[test]
+fn opa_envoy_shape() {
+    let d = doc(&request(
+        "/a/b?x=1&x=2&y=a+b",
+        &[("Content-Type", "text/plain")],
+        "",
+    ));
+    let attrs = &d["attributes"];
+    assert_eq!(attrs["request"]["http"]["method"], "POST");
+    assert_eq!(
+        attrs["request"]["http"]["headers"]["content-type"],
+        "text/plain"
+    );
+    assert_eq!(
+        attrs["request"]["http"]["size"], "42",
+        "int64 is a string in protojson"
+    );
+    assert_eq!(attrs["request"]["time"], "2023-11-14T22:13:20.5Z");
+    assert_eq!(
+        attrs["source"]["address"]["socketAddress"]["portValue"],
+        51000
+    );
+    assert_eq!(attrs["contextExtensions"]["route"], "b");
+    assert_eq!(attrs["metadataContext"], json!({}));
+    assert!(
+        attrs.get("destination").is_none(),
+        "unset fields are left out"
+    );
+    assert!(
+        attrs["request"]["http"].get("query").is_none(),
+        "empty strings are left out"
+    );
+    assert_eq!(d["parsed_path"], json!(["a", "b"]));
+    assert_eq!(d["parsed_query"], json!({"x": ["1", "2"], "y": ["a b"]}));
+    assert_eq!(d["truncated_body"], false);
+    assert!(d.get("parsed_body").is_none());
+    assert_eq!(
+        d["version"],
+        json!({"encoding": "protojson", "ext_authz": "v3"})
+    );
+}
+
+#[test]
+fn onbehalf_additions() {
+    let d = doc(&request("/", &[], ""));
+    assert_eq!(
+        d["subject"],
+        json!({"id": "alice", "claims": {"sub": "alice"}})
+    );
+    assert_eq!(d["actor"]["id"], "agent-a");
+    assert_eq!(d["delegation"]["depth"], 2);
+    assert_eq!(d["delegation"]["chain"][1]["id"], "orchestrator");
+    assert_eq!(
+        d["token"],
+        json!({"issuer": "https://idp", "audience": ["svc"], "scopes": ["read"],
+               "expires_at": 1_700_000_300, "jti": null, "type": "JWT"})
+    );
+    assert_eq!(d["parsed_path"], json!([""]));
+    assert_eq!(d["parsed_query"], json!({}));
+}
+
+#[test]
+fn direct_user_has_null_actor() {
+    let input = CheckInput::try_from(&request("/", &[], "")).expect("valid");
+    let mut a = auth();
+    a.delegation.chain.clear();
+    let d = serde_json::to_value(input.document(&a)).expect("json");
+    assert_eq!(d["actor"], serde_json::Value::Null);
+    assert_eq!(d["delegation"], json!({"chain": [], "depth": 0}));
+}
+
+#[test]
+fn paths_split_before_decoding() {
+    let cases = [
+        ("/users%2F123", json!(["users/123"])),
+        ("/a//b/", json!(["a", "", "b", ""])),
+        ("/a/./../b", json!(["a", ".", "..", "b"])),
+        ("/caf%C3%A9?q", json!(["café"])),
+        ("/x#frag", json!(["x"])),
+    ];
+    for (path, want) in cases {
+        assert_eq!(doc(&request(path, &[], ""))["parsed_path"], want, "{path}");
+    }
+    let bad = CheckInput::try_from(&request("/%FF", &[], "")).map(|_| ());
+    assert_eq!(bad, Err(InputError::PathEncoding));
+}
+
+#[test]
+fn bodies() {
+    let json_body = request(
+        "/",
+        &[("content-type", "application/json; charset=utf-8")],
+        r#"{"a":[1]}"#,
+    );
+    assert_eq!(doc(&json_body)["parsed_body"], json!({"a": [1]}));
+
+    let form = request(
+        "/",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "a=1&a=2",
+    );
+    assert_eq!(doc(&form)["parsed_body"], json!({"a": ["1", "2"]}));
+
+    let truncated = request(
+        "/",
+        &[
+            ("content-type", "application/json"),
+            ("x-envoy-auth-partial-body", "true"),
+        ],
+        r#"{"a":"#,
+    );
+    let d = doc(&truncated);
+    assert_eq!(d["truncated_body"], true);
+    assert!(d.get("parsed_body").is_none());
+
+    let broken = request("/", &[("content-type", "application/json")], "{nope");
+    assert_eq!(
+        CheckInput::try_from(&broken).map(|_| ()),
+        Err(InputError::Body)
+    );
+}
+
+#[test]
+fn raw_header_map_is_read_when_headers_map_is_empty() {
+    let mut req = request("/", &[], "");
+    let http = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("http");
+    let hv = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        raw_value: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    http.header_map = Some(HeaderMap {
+        headers: vec![
+            hv("X-A", "1"),
+            hv("x-a", "2"),
+            hv("authorization", "Bearer t"),
+        ],
+    });
+    let input = CheckInput::try_from(&req).expect("valid");
+    assert_eq!(input.header("x-a"), Some("1,2"));
+    assert_eq!(input.header("authorization"), Some("Bearer t"));
+}
+
+#[test]
+fn missing_http_attributes_is_an_error() {
+    let req = CheckRequest::default();
+    assert_eq!(
+        CheckInput::try_from(&req).map(|_| ()),
+        Err(InputError::NoHttpRequest)
+    );
+}
+
+#[test]
+fn timestamps() {
+    let ts = |seconds, nanos| rfc3339(&pbuf::Timestamp { seconds, nanos });
+    assert_eq!(ts(0, 0), "1970-01-01T00:00:00Z");
+    assert_eq!(ts(951_782_400, 0), "2000-02-29T00:00:00Z");
+    assert_eq!(ts(-1, 0), "1969-12-31T23:59:59Z");
+    assert_eq!(ts(1_700_000_000, 123_000), "2023-11-14T22:13:20.000123Z");
+}

@@ -1,2 +1,404 @@
-#![allow(unused_imports)]
+use std::path::PathBuf;
+
+use serde_json::json;
+
 use super::*;
+
+fn verdict(v: serde_json::Value) -> Result<Verdict, VerdictError> {
+    Verdict::try_from(&Value::from(v))
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn boolean_and_object_results() {
+    assert_eq!(verdict(json!(true)).map(|v| v.allowed), Ok(true));
+    assert_eq!(verdict(json!(false)).map(|v| v.allowed), Ok(false));
+    assert_eq!(
+        Verdict::try_from(&Value::Undefined),
+        Err(VerdictError::Undefined)
+    );
+
+    let v = verdict(json!({
+        "allowed": true,
+        "headers": {"X-One": "1", "x-many": ["a", "b"],
+                    "x-soft": {"value": "s", "append_action": "ADD_IF_ABSENT"}},
+        "request_headers_to_remove": ["cookie"],
+        "response_headers_to_add": {"x-resp": "r"},
+        "query_parameters_to_set": {"q": "1", "r": ["2", "3"]},
+        "query_parameters_to_remove": ["debug"],
+        "dynamic_metadata": {"k": {"n": 1}},
+        "grant": {"scopes": ["read"], "audience": "svc", "ttl": "60s"},
+    }))
+    .expect("valid");
+    let mut ops: Vec<(&str, &str, AppendAction)> = v
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.as_str(), h.action))
+        .collect();
+    ops.sort_by_key(|(name, value, _)| (*name, *value));
+    assert_eq!(
+        ops,
+        [
+            ("x-many", "a", AppendAction::OverwriteIfExistsOrAdd),
+            ("x-many", "b", AppendAction::AppendIfExistsOrAdd),
+            ("x-one", "1", AppendAction::OverwriteIfExistsOrAdd),
+            ("x-soft", "s", AppendAction::AddIfAbsent),
+        ]
+    );
+    assert_eq!(v.request_headers_to_remove, ["cookie"]);
+    assert_eq!(v.response_headers_to_add.len(), 1);
+    assert_eq!(
+        v.query_parameters_to_set,
+        [
+            ("q".into(), "1".into()),
+            ("r".into(), "2".into()),
+            ("r".into(), "3".into())
+        ]
+    );
+    assert_eq!(v.query_parameters_to_remove, ["debug"]);
+    assert_eq!(
+        v.grant,
+        Some(Grant {
+            scopes: vec!["read".into()],
+            audience: Some("svc".into()),
+            ttl: Some(std::time::Duration::from_secs(60)),
+        })
+    );
+}
+
+#[test]
+fn deny_object_with_status_body_and_scope() {
+    let v = verdict(
+        json!({"allowed": false, "http_status": 429, "body": "slow down",
+                           "insufficient_scope": "book_flight"}),
+    )
+    .expect("valid");
+    assert!(!v.allowed);
+    assert_eq!(v.http_status, Some(429));
+    assert_eq!(v.body.as_deref(), Some("slow down"));
+    assert_eq!(v.insufficient_scope, ["book_flight"]);
+}
+
+#[test]
+fn malformed_results_are_errors() {
+    let cases = [
+        json!("yes"),
+        json!(1),
+        json!(null),
+        json!({"headers": {}}),
+        json!({"allowed": "true"}),
+        json!({"allowed": true, "headers": ["x"]}),
+        json!({"allowed": true, "headers": {"bad name": "x"}}),
+        json!({"allowed": true, "headers": {"x": "a\nb"}}),
+        json!({"allowed": true, "headers": {"x": 1}}),
+        json!({"allowed": true, "headers": {"x": {"value": "a", "append_action": "SOMETIMES"}}}),
+        json!({"allowed": false, "http_status": 99}),
+        json!({"allowed": false, "http_status": "403"}),
+        json!({"allowed": false, "body": {"a": 1}}),
+        json!({"allowed": true, "grant": {"ttl": 60}}),
+        json!({"allowed": true, "request_headers_to_remove": "cookie"}),
+    ];
+    for case in cases {
+        assert!(
+            matches!(verdict(case.clone()), Err(VerdictError::Malformed(_))),
+            "{case} should be malformed"
+        );
+    }
+}
+
+#[test]
+fn loads_policies_and_data_at_their_paths() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "main.rego",
+        "package envoy.authz\nimport rego.v1\nallow if input.user in data.team.members\n",
+    );
+    write(dir.path(), "team/data.json", r#"{"members": ["alice"]}"#);
+    write(
+        dir.path(),
+        "main_test.rego",
+        "package envoy.authz\nthis is not parsed when serving",
+    );
+    write(
+        dir.path(),
+        "..2024_01_01/main.rego",
+        "not rego: hidden copies are skipped",
+    );
+    let p = PolicySet::load_dir(dir.path(), "data.envoy.authz.allow").expect("loads");
+    assert_eq!(p.files().len(), 1);
+    let eval = |user: &str| {
+        p.evaluate(Value::from(json!({"user": user})))
+            .expect("evaluates")
+    };
+    assert_eq!(eval("alice"), Value::from(true));
+    assert_eq!(eval("mallory"), Value::Undefined);
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "bad.rego", "package x\n\nallow if {\n");
+    let err = PolicySet::load_dir(dir.path(), "data.x.allow")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad.rego"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package x\nimport rego.v1\nallow if true\n",
+    );
+    write(dir.path(), "data.json", "{oops");
+    let err = PolicySet::load_dir(dir.path(), "data.x.allow")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data.json"), "{err}");
+
+    let err = PolicySet::load_dir(&dir.path().join("missing"), "data.x.allow")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing"), "{err}");
+
+    let empty = tempfile::tempdir().expect("tmp");
+    assert!(matches!(
+        PolicySet::load_dir(empty.path(), "data.x.allow"),
+        Err(PolicyError::Empty(_))
+    ));
+}
+
+#[test]
+fn query_must_name_a_rule() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package x\nimport rego.v1\nallow if true\n",
+    );
+    let err = PolicySet::load_dir(dir.path(), "data.x.alow").unwrap_err();
+    assert!(matches!(err, PolicyError::Compile { .. }), "{err}");
+}
+
+#[test]
+fn builtin_errors_make_the_expression_undefined() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package x\nimport rego.v1\ndefault allow := false\nallow if to_number(input.n) > 1\n",
+    );
+    let p = PolicySet::load_dir(dir.path(), "data.x.allow").expect("loads");
+    assert_eq!(
+        p.evaluate(Value::from(json!({"n": "abc"}))).expect("eval"),
+        Value::from(false)
+    );
+    assert_eq!(
+        p.evaluate(Value::from(json!({"n": "5"}))).expect("eval"),
+        Value::from(true)
+    );
+}
+
+/// The shipped default policy, case by case.
+mod default_policy {
+    use super::*;
+
+    fn policies() -> PolicySet {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        PolicySet::load_dir(&dir, "data.envoy.authz.allow").expect("default policy loads")
+    }
+
+    struct Case {
+        name: &'static str,
+        method: &'static str,
+        path: &'static [&'static str],
+        subject: serde_json::Value,
+        chain: &'static [&'static str],
+        scopes: &'static [&'static str],
+        allowed: bool,
+    }
+
+    fn input(c: &Case) -> Value {
+        let party = |id: &str| json!({"id": id, "claims": {"sub": id}});
+        let chain: Vec<_> = c.chain.iter().map(|id| party(id)).collect();
+        Value::from(json!({
+            "attributes": {"request": {"http": {"method": c.method, "host": "service-b"}}},
+            "parsed_path": c.path,
+            "subject": {"id": "alice", "claims": c.subject},
+            "actor": chain.first().cloned().unwrap_or(serde_json::Value::Null),
+            "delegation": {"chain": chain, "depth": c.chain.len()},
+            "token": {"scopes": c.scopes},
+        }))
+    }
+
+    #[test]
+    fn cases() {
+        let employee = json!({"sub": "alice", "employee": true});
+        let director = json!({"sub": "dana", "employee": true, "department": "Operations", "title": "Director"});
+        let cases = [
+            Case {
+                name: "agent books a flight for an employee",
+                method: "POST",
+                path: &["flights", "bookings"],
+                subject: employee.clone(),
+                chain: &["travel-agent"],
+                scopes: &["book_flight"],
+                allowed: true,
+            },
+            Case {
+                name: "employee books directly",
+                method: "POST",
+                path: &["flights", "bookings"],
+                subject: employee.clone(),
+                chain: &[],
+                scopes: &["book_flight"],
+                allowed: true,
+            },
+            Case {
+                name: "non-employee",
+                method: "POST",
+                path: &["flights", "bookings"],
+                subject: json!({"sub": "eve"}),
+                chain: &["travel-agent"],
+                scopes: &["book_flight"],
+                allowed: false,
+            },
+            Case {
+                name: "agent lacks the capability",
+                method: "POST",
+                path: &["flights", "bookings"],
+                subject: employee.clone(),
+                chain: &["ops-agent"],
+                scopes: &["book_flight"],
+                allowed: false,
+            },
+            Case {
+                name: "token lacks the scope",
+                method: "POST",
+                path: &["flights", "bookings"],
+                subject: employee.clone(),
+                chain: &["travel-agent"],
+                scopes: &["read_bookings"],
+                allowed: false,
+            },
+            Case {
+                name: "untrusted agent",
+                method: "GET",
+                path: &["flights"],
+                subject: employee.clone(),
+                chain: &["shady-agent"],
+                scopes: &["read_bookings"],
+                allowed: false,
+            },
+            Case {
+                name: "untrusted agent earlier in the chain",
+                method: "GET",
+                path: &["flights"],
+                subject: employee.clone(),
+                chain: &["travel-agent", "shady-agent"],
+                scopes: &["read_bookings"],
+                allowed: false,
+            },
+            Case {
+                name: "two trusted agents",
+                method: "GET",
+                path: &["flights", "42"],
+                subject: employee.clone(),
+                chain: &["travel-agent", "orchestrator"],
+                scopes: &["read_bookings"],
+                allowed: true,
+            },
+            Case {
+                name: "chain too deep",
+                method: "GET",
+                path: &["flights"],
+                subject: employee.clone(),
+                chain: &["travel-agent", "orchestrator", "orchestrator"],
+                scopes: &["read_bookings"],
+                allowed: false,
+            },
+            Case {
+                name: "director in operations reaches admin through an agent",
+                method: "GET",
+                path: &["admin", "users"],
+                subject: director.clone(),
+                chain: &["ops-agent"],
+                scopes: &["admin"],
+                allowed: true,
+            },
+            Case {
+                name: "an employee may not reach admin",
+                method: "GET",
+                path: &["admin", "users"],
+                subject: employee.clone(),
+                chain: &["ops-agent"],
+                scopes: &["admin"],
+                allowed: false,
+            },
+            Case {
+                name: "admin through an agent without the admin capability",
+                method: "GET",
+                path: &["admin"],
+                subject: director.clone(),
+                chain: &["travel-agent"],
+                scopes: &["admin"],
+                allowed: false,
+            },
+            Case {
+                name: "unknown route",
+                method: "GET",
+                path: &["payroll"],
+                subject: director.clone(),
+                chain: &[],
+                scopes: &["admin"],
+                allowed: false,
+            },
+            Case {
+                name: "wrong method",
+                method: "DELETE",
+                path: &["flights", "bookings"],
+                subject: employee.clone(),
+                chain: &["travel-agent"],
+                scopes: &["book_flight"],
+                allowed: false,
+            },
+        ];
+        let p = policies();
+        for c in &cases {
+            let result = p.evaluate(input(c)).expect(c.name);
+            let v = Verdict::try_from(&result).expect(c.name);
+            assert_eq!(v.allowed, c.allowed, "{}: {result:?}", c.name);
+        }
+    }
+
+    #[test]
+    fn allow_carries_grant_and_missing_scope_is_reported() {
+        let p = policies();
+        let case = |scopes| Case {
+            name: "",
+            method: "POST",
+            path: &["flights", "bookings"],
+            subject: json!({"sub": "alice", "employee": true}),
+            chain: &["travel-agent"],
+            scopes,
+            allowed: true,
+        };
+        let ok = Verdict::try_from(&p.evaluate(input(&case(&["book_flight"]))).expect("eval"))
+            .expect("verdict");
+        assert_eq!(
+            ok.grant.map(|g| g.scopes),
+            Some(vec!["book_flight".to_string()])
+        );
+        let denied =
+            Verdict::try_from(&p.evaluate(input(&case(&[]))).expect("eval")).expect("verdict");
+        assert!(!denied.allowed);
+        assert_eq!(denied.insufficient_scope, ["book_flight"]);
+    }
+}
