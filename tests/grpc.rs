@@ -1,0 +1,438 @@
+//! onbehalf in-process, asked over real gRPC on loopback, with keys from a real HTTP IdP.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use serde_json::json;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::common::*;
+
+async fn sidecar(idp: &IdpServer) -> Sidecar {
+    let s = Sidecar::start(&config_yaml(&remote_issuer(idp))).await;
+    s.wait_ready().await;
+    s
+}
+
+#[tokio::test]
+async fn delegation_allowed_with_identity_headers() {
+    let idp = IdpServer::start(&["rsa-1", "ec-1", "ed-1"]).await;
+    let s = sidecar(&idp).await;
+    for kid in ["rsa-1", "ec-1", "ed-1"] {
+        let claims = delegation(
+            &idp.issuer(),
+            &["travel-agent", "orchestrator"],
+            "book_flight",
+        );
+        let token = sign(kid, &claims);
+        let r = s.check_token("POST", "/flights/bookings", &token).await;
+        assert_eq!(r.status, 200, "{kid}: {}", r.body);
+        assert_eq!(r.grpc_code, tonic::Code::Ok as i32);
+        assert_eq!(r.header("x-onbehalf-subject"), Some("alice"));
+        assert_eq!(r.header("x-onbehalf-actor"), Some("travel-agent"));
+        assert_eq!(
+            r.header("x-onbehalf-chain"),
+            Some("travel-agent,orchestrator")
+        );
+        assert_eq!(r.header("x-onbehalf-capabilities"), Some("book_flight"));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn direct_user_gets_no_actor_header() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let token = sign("rsa-1", &delegation(&idp.issuer(), &[], "read_bookings"));
+    let bearer = format!("Bearer {token}");
+    let r = s
+        .check(
+            "GET",
+            "/flights",
+            &[("authorization", &bearer), ("x-onbehalf-actor", "forged")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-onbehalf-subject"), Some("alice"));
+    assert!(r.header("x-onbehalf-actor").is_none());
+    assert!(r.removed.contains(&"x-onbehalf-actor".to_string()));
+    assert!(r.removed.contains(&"x-onbehalf-chain".to_string()));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_get_401() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let iss = idp.issuer();
+    let with = |patch: serde_json::Value| {
+        let mut c = delegation(&iss, &["travel-agent"], "book_flight");
+        for (k, v) in patch.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        sign("rsa-1", &c)
+    };
+    let b64 = |v: serde_json::Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(delegation(&iss, &["travel-agent"], "book_flight"))
+    );
+    let cases = [
+        ("expired", with(json!({"exp": now() - 120}))),
+        ("wrong audience", with(json!({"aud": "another-service"}))),
+        (
+            "untrusted issuer",
+            with(json!({"iss": "https://elsewhere"})),
+        ),
+        ("alg none", none),
+        ("garbage", "not-a-token".to_string()),
+    ];
+    for (name, token) in cases {
+        let r = s.check_token("POST", "/flights/bookings", &token).await;
+        assert_eq!(r.status, 401, "{name}: {}", r.body);
+        assert_eq!(r.grpc_code, tonic::Code::Unauthenticated as i32, "{name}");
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&r.body).expect("json body");
+        assert_eq!(body["error"], "invalid_token", "{name}");
+        assert!(
+            !r.body.contains(&token) || token.len() < 20,
+            "{name}: body echoes the token"
+        );
+    }
+    let r = s.check("POST", "/flights/bookings", &[]).await;
+    assert_eq!(
+        (r.status, r.header("www-authenticate")),
+        (401, Some("Bearer"))
+    );
+    let r = s
+        .check(
+            "POST",
+            "/flights/bookings",
+            &[("authorization", "Basic YTpi")],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn policy_denials_get_403() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let iss = idp.issuer();
+    let cases = [
+        (
+            "missing capability",
+            "POST",
+            "/flights/bookings",
+            delegation(&iss, &["ops-agent"], "book_flight"),
+        ),
+        (
+            "chain too deep",
+            "GET",
+            "/flights",
+            delegation(
+                &iss,
+                &["travel-agent", "orchestrator", "orchestrator"],
+                "read_bookings",
+            ),
+        ),
+        (
+            "untrusted agent",
+            "GET",
+            "/flights",
+            delegation(&iss, &["unknown-agent"], "read_bookings"),
+        ),
+        (
+            "employee on admin",
+            "GET",
+            "/admin/users",
+            delegation(&iss, &["ops-agent"], "admin"),
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/payroll",
+            delegation(&iss, &["travel-agent"], "read_bookings"),
+        ),
+    ];
+    for (name, method, path, claims) in cases {
+        let r = s.check_token(method, path, &sign("rsa-1", &claims)).await;
+        assert_eq!(r.status, 403, "{name}: {}", r.body);
+        assert_eq!(r.grpc_code, tonic::Code::PermissionDenied as i32, "{name}");
+        assert!(r.body.contains("access_denied"), "{name}: {}", r.body);
+    }
+    let r = s
+        .check_token(
+            "POST",
+            "/flights/bookings",
+            &sign(
+                "rsa-1",
+                &delegation(&iss, &["travel-agent"], "read_bookings"),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer error=\"insufficient_scope\", scope=\"book_flight\"")
+    );
+
+    let mut director = delegation(&iss, &["ops-agent"], "admin");
+    director["department"] = json!("Operations");
+    director["title"] = json!("Director");
+    let r = s
+        .check_token("GET", "/admin/users", &sign("rsa-1", &director))
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "a Director in Operations reaches admin: {}",
+        r.body
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_key_is_accepted_after_refresh_on_unknown_kid() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    assert_eq!(
+        s.check_token("GET", "/flights", &sign("rsa-1", &claims))
+            .await
+            .status,
+        200
+    );
+
+    // The IdP rotates: rsa-2 is new. The first token with kid rsa-2 triggers a fetch.
+    idp.set_keys(&["rsa-1", "rsa-2"]);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past min_refresh_interval
+    let r = s
+        .check_token("GET", "/flights", &sign("rsa-2", &claims))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // rsa-1 retired: after the next refresh it no longer verifies.
+    idp.set_keys(&["rsa-2"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for issuer in s.running.authorizer.verifier().issuers() {
+        assert!(issuer.refresh(true).await);
+    }
+    assert_eq!(
+        s.check_token("GET", "/flights", &sign("rsa-1", &claims))
+            .await
+            .status,
+        401
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_kids_do_not_hammer_the_idp() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let yaml = config_yaml(&remote_issuer(&idp))
+        .replace("min_refresh_interval: 250ms", "min_refresh_interval: 1h");
+    let s = Sidecar::start(&yaml).await;
+    s.wait_ready().await;
+    let before = idp.jwks_hits();
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    for _ in 0..20 {
+        assert_eq!(
+            s.check_token("GET", "/flights", &sign("rsa-2", &claims))
+                .await
+                .status,
+            401
+        );
+    }
+    assert!(
+        idp.jwks_hits() - before <= 1,
+        "{} fetches for 20 unknown kids",
+        idp.jwks_hits() - before
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idp_down_after_first_fetch_still_verifies() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    idp.set_up(false);
+    for issuer in s.running.authorizer.verifier().issuers() {
+        assert!(
+            !issuer.refresh(true).await,
+            "the fetch fails while the IdP is down"
+        );
+    }
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    let r = s
+        .check_token("GET", "/flights", &sign("rsa-1", &claims))
+        .await;
+    assert_eq!(r.status, 200, "known keys keep working: {}", r.body);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_keys() {
+    let idp = IdpServer::start(&["ec-1"]).await;
+    let issuer = format!(
+        "    - issuer: {}\n      audiences: [{AUD}]\n      discovery: true\n",
+        idp.issuer()
+    );
+    let s = Sidecar::start(&config_yaml(&issuer)).await;
+    s.wait_ready().await;
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    assert_eq!(
+        s.check_token("GET", "/flights", &sign("ec-1", &claims))
+            .await
+            .status,
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_until_keys_load_and_health_follows() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    idp.set_up(false);
+    let s = Sidecar::start(&config_yaml(&remote_issuer(&idp))).await;
+    let readyz = format!("http://{}/readyz", s.running.admin_addr);
+    let healthz = format!("http://{}/healthz", s.running.admin_addr);
+    assert_eq!(reqwest::get(&healthz).await.expect("healthz").status(), 200);
+    assert_eq!(reqwest::get(&readyz).await.expect("readyz").status(), 503);
+
+    let addr = match &s.running.grpc_addr {
+        onbehalf::config::ListenAddr::Tcp(a) => *a,
+        other => panic!("tcp expected, got {other}"),
+    };
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let ask = |svc: &str| HealthCheckRequest {
+        service: svc.into(),
+    };
+    let status = health
+        .check(ask("envoy.service.auth.v3.Authorization"))
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(status.status, ServingStatus::NotServing as i32);
+
+    // Before keys load, a token cannot be checked: 503, not a false 401.
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    assert_eq!(
+        s.check_token("GET", "/flights", &sign("rsa-1", &claims))
+            .await
+            .status,
+        503
+    );
+
+    idp.set_up(true);
+    s.wait_ready().await;
+    let mut serving = false;
+    for _ in 0..100 {
+        let st = health
+            .check(ask("envoy.service.auth.v3.Authorization"))
+            .await
+            .expect("health")
+            .into_inner();
+        if st.status == ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(serving, "gRPC health turns SERVING once ready");
+    let metrics = reqwest::get(format!("http://{}/metrics", s.running.admin_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"unavailable\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("onbehalf_ready 1"), "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("authz.sock");
+    let yaml = config_yaml(&remote_issuer(&idp)).replace(
+        "grpc_addr: 127.0.0.1:0",
+        &format!("grpc_addr: unix:{}", sock.display()),
+    );
+    let config = parse_config(&yaml);
+    let running = onbehalf::app::start(&config).await.expect("starts");
+    let path = sock.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect over the socket");
+    let mut client = AuthorizationClient::new(channel);
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    let bearer = format!("Bearer {}", sign("rsa-1", &claims));
+    // Keys may still be loading: retry briefly.
+    let mut status = 0;
+    for _ in 0..100 {
+        let resp = client
+            .check(check_request(
+                "GET",
+                "/flights",
+                &[("authorization", &bearer)],
+            ))
+            .await
+            .expect("check")
+            .into_inner();
+        status = Reply::from(resp).status;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200);
+    running.stop(Duration::from_secs(2)).await.expect("stop");
+    assert!(!sock.exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_denied_not_errors() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let mut client = s.client.clone();
+    let resp = client
+        .check(envoy_types::ext_authz::v3::pb::CheckRequest::default())
+        .await
+        .expect("a decision")
+        .into_inner();
+    assert_eq!(Reply::from(resp).status, 400);
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    let r = s
+        .check_token("GET", "/flights/%FF", &sign("rsa-1", &claims))
+        .await;
+    assert_eq!(r.status, 400);
+    s.stop().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests, one binary: real gRPC over loopback, real HTTP servers, real files,
+//! the real binary, and a real Envoy.
+
+mod common;
+
+mod cli;
+mod envoy;
+mod grpc;
