@@ -15,7 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../deploy/demo/onbehalf.yaml");
 
 /// Prefix of environment variables that override configuration keys. Nested keys are joined
-/// with a double underscore: `ONBEHALF_SERVER__GRPC_ADDR=127.0.0.1:9292`.
+/// with a double underscore: `ONBEHALF_SERVER__GRPC_ADDR=127.0.0.1:9292`. Every key lives in a
+/// section, so a variable without `__` (e.g. `ONBEHALF_CHECK_TOKEN`) is not configuration.
 pub const ENV_PREFIX: &str = "ONBEHALF_";
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +197,7 @@ impl Config {
         };
         let overrides: BTreeMap<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.as_ref().starts_with(ENV_PREFIX))
+            .filter(|(k, _)| k.as_ref().starts_with(ENV_PREFIX) && k.as_ref().contains("__"))
             .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
             .collect();
         if !overrides.is_empty() {

@@ -1,1 +1,166 @@
+//! The `onbehalf` binary as a user runs it: `check`, `--help`, and start-up errors.
+
+use std::process::{Command, Output};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::Value;
+
 use crate::common::*;
+
+const DEMO_ISSUER: &str = "https://idp.demo.onbehalf.dev";
+
+fn onbehalf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_onbehalf"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run onbehalf")
+}
+
+/// A token from the demo IdP, as the quickstart's embedded defaults trust.
+fn demo_token(actors: &[&str], scope: &str) -> String {
+    let pem = std::fs::read(repo().join("deploy/demo/keys/demo-rs256.pem")).expect("demo key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("demo-rs256".into());
+    let key = EncodingKey::from_rsa_pem(&pem).expect("rsa");
+    jsonwebtoken::encode(&header, &delegation(DEMO_ISSUER, actors, scope), &key).expect("sign")
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn check_allows_and_shows_input_and_result() {
+    let token = demo_token(&["travel-agent"], "book_flight");
+    let out = onbehalf(&[
+        "check",
+        "-m",
+        "POST",
+        "-p",
+        "/flights/bookings?seat=12A",
+        "-t",
+        &token,
+    ]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["decision"], "allow");
+    assert_eq!(r["input"]["subject"]["id"], "alice");
+    assert_eq!(r["input"]["actor"]["id"], "travel-agent");
+    assert_eq!(
+        r["input"]["parsed_query"]["seat"],
+        serde_json::json!(["12A"])
+    );
+    assert_eq!(r["result"]["allowed"], true);
+    assert_eq!(
+        r["result"]["grant"]["scopes"],
+        serde_json::json!(["book_flight"])
+    );
+    assert_eq!(r["response"]["status"], 200);
+}
+
+#[test]
+fn check_denies_with_exit_code_1() {
+    let token = demo_token(&["ops-agent"], "book_flight");
+    let out = onbehalf(&[
+        "check",
+        "-m",
+        "POST",
+        "-p",
+        "/flights/bookings",
+        "-t",
+        &token,
+    ]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["reason"], "policy");
+    assert_eq!(r["response"]["status"], 403);
+    assert_eq!(r["result"], serde_json::json!({"allowed": false}));
+
+    let out = onbehalf(&["check", "-p", "/flights"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r["reason"], "missing_token");
+    assert_eq!(r["response"]["status"], 401);
+}
+
+#[test]
+fn check_reads_a_request_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("req.json");
+    let token = demo_token(&["travel-agent"], "read_bookings");
+    let req = serde_json::json!({"method": "GET", "path": "/flights/42", "token": token,
+                                 "headers": {"x-trace": "abc"}});
+    std::fs::write(&file, req.to_string()).expect("write");
+    let out = onbehalf(&["check", "--request", file.to_str().expect("utf8")]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(
+        r["input"]["attributes"]["request"]["http"]["headers"]["x-trace"],
+        "abc"
+    );
+
+    std::fs::write(&file, r#"{"methd": "GET"}"#).expect("write");
+    let out = onbehalf(&["check", "--request", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("req.json") && err.contains("methd"), "{err}");
+}
+
+#[test]
+fn bad_config_stops_start_up_saying_where() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "server:\n  grpc_addr: 127.0.0.1:0\n  admin_port: 1\n",
+    )
+    .expect("write");
+    let out = onbehalf(&["serve", "--config", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(
+        err.contains("server.admin_port") && err.contains("line 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_policy_stops_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("authz.rego"),
+        "package envoy.authz\n\nallow if {\n",
+    )
+    .expect("write");
+    let file = dir.path().join("config.yaml");
+    let yaml = format!(
+        "server:\n  grpc_addr: 127.0.0.1:0\n  admin_addr: 127.0.0.1:0\npolicy:\n  dir: {}\nauthn:\n  issuers:\n    - issuer: x\n      audiences: [y]\n      jwks_file: {}\n",
+        dir.path().display(),
+        repo().join("deploy/demo/jwks.json").display()
+    );
+    std::fs::write(&file, yaml).expect("write");
+    let out = onbehalf(&["serve", "--config", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authz.rego"), "{err}");
+}
+
+#[test]
+fn help_explains_each_command() {
+    let out = onbehalf(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["serve", "check", "delegation"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+}

@@ -101,6 +101,7 @@ fn env_overrides_nested_keys_and_list_items() {
         ("ONBEHALF_AUTHN__ISSUERS__0__LEEWAY", "5s"),
         ("ONBEHALF_LOG__FORMAT", "text"),
         ("UNRELATED", "x"),
+        ("ONBEHALF_CHECK_TOKEN", "not configuration: no section"),
     ];
     let c = Config::from_yaml(&Source::Embedded, MINIMAL, env).expect("valid");
     assert_eq!(
