@@ -21,7 +21,7 @@ impl Drop for Proc {
     }
 }
 
-fn envoy_bin() -> PathBuf {
+pub fn envoy_bin() -> PathBuf {
     let bin = std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| {
         panic!("ENVOY_BIN is not set: run the test suite with scripts/test.sh, which installs Envoy")
     });

@@ -4,5 +4,6 @@
 mod common;
 
 mod cli;
+mod deploy;
 mod envoy;
 mod grpc;
