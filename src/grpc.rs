@@ -57,7 +57,12 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
         .and_then(|r| r.http.as_ref());
     let method = http.map_or("", |h| h.method.as_str());
     let path = http.map_or("", |h| h.path.split('?').next().unwrap_or_default());
-    let request_id = http.map_or("", |h| h.id.as_str());
+    // Envoy's x-request-id is what the access log and the upstream see; its `id` is internal.
+    let request_id = http.map_or("", |h| {
+        h.headers
+            .get("x-request-id")
+            .map_or(h.id.as_str(), String::as_str)
+    });
     let subject = outcome.subject.as_deref().unwrap_or("");
     let actor = outcome.actor.as_deref().unwrap_or("");
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);

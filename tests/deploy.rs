@@ -58,7 +58,11 @@ fn the_envoy_config_map_validates() {
         .arg(&file)
         .output()
         .expect("run envoy");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

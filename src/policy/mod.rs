@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use regorus::{CompiledPolicy, Engine, Value};
 
+pub mod analysis;
 pub mod result;
 
 pub use result::{AppendAction, Grant, HeaderOp, Verdict, VerdictError};
@@ -23,6 +24,8 @@ pub enum PolicyError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: not valid JSON data: {message}")]
     Data { path: PathBuf, message: String },
+    #[error("{}", .0.iter().map(|c| format!("{}:{}: unknown function `{}` (not a regorus builtin, not defined by the policy)", c.file, c.line, c.name)).collect::<Vec<_>>().join("\n"))]
+    UnknownFunctions(Vec<analysis::UnknownCall>),
     #[error("compiling the policy for `{query}` failed: {message}")]
     Compile { query: String, message: String },
     #[error("evaluating `{query}` failed: {message}")]
@@ -92,6 +95,10 @@ impl PolicySet {
         query: &str,
         files: Vec<PathBuf>,
     ) -> Result<PolicySet, PolicyError> {
+        let unknown = analysis::unknown_calls(engine.get_modules());
+        if !unknown.is_empty() {
+            return Err(PolicyError::UnknownFunctions(unknown));
+        }
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
         let compile_err = |message: String| PolicyError::Compile {

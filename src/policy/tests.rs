@@ -188,6 +188,33 @@ fn query_must_name_a_rule() {
 }
 
 #[test]
+fn unknown_functions_fail_at_load_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package x\nimport rego.v1\ndefault allow := false\n\
+         allow if input.x == 1\n\
+         allow if http.send({\"url\": \"x\"}).status_code == 200\n\
+         allow if [y | y := io.jwt.decode(input.t)]\n\
+         allow if helper(1)\n\
+         allow if count(input.list) > sum([1]) \n\
+         helper(n) := n > 0\n",
+    );
+    let err = PolicySet::load_dir(dir.path(), "data.x.allow").unwrap_err();
+    let PolicyError::UnknownFunctions(calls) = &err else {
+        panic!("unexpected error: {err}")
+    };
+    let names: Vec<(&str, u32)> = calls.iter().map(|c| (c.name.as_str(), c.line)).collect();
+    assert_eq!(names, [("http.send", 5), ("io.jwt.decode", 6)]);
+    assert!(
+        err.to_string()
+            .contains("a.rego:5: unknown function `http.send`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn builtin_errors_make_the_expression_undefined() {
     let dir = tempfile::tempdir().expect("tmp");
     write(
