@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tonic_health::ServingStatus;
 
 use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
@@ -142,7 +143,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("server.grpc_addr: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Checks are small messages on a long-lived HTTP/2 connection: Nagle's algorithm
+            // would hold responses back waiting for more bytes.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "Cannot set TCP_NODELAY");
+                    }
+                })
+            });
             let task = tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stop_signal)
