@@ -96,12 +96,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     background.push(tokio::spawn(report_ready(
         authorizer.clone(),
         health.clone(),
@@ -278,17 +273,15 @@ async fn report_ready(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-    health
-        .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::Serving).await;
     let _ = stop.wait_for(|s| *s).await;
-    health
-        .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
+}
+
+/// The Authorization service and the server as a whole ("") share one status.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status(AUTHZ_SERVICE, status).await;
+    health.set_service_status("", status).await;
 }
 
 async fn wait_for_signal() {

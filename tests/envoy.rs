@@ -51,6 +51,13 @@ fn mint(args: &[&str]) -> String {
         .to_string()
 }
 
+/// A token for alice, an employee, with the given extra `mint_token.py` arguments.
+fn alice(extra: &[&str]) -> String {
+    let mut args = vec!["--sub", "alice", "--claim", "employee=true"];
+    args.extend_from_slice(extra);
+    mint(&args)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -179,11 +186,7 @@ async fn delegation_through_envoy() {
 
     // A valid delegation passes; the upstream sees the identity headers, and never the
     // client's forged subject.
-    let token = mint(&[
-        "--sub",
-        "alice",
-        "--claim",
-        "employee=true",
+    let token = alice(&[
         "--act",
         "travel-agent",
         "--act",
@@ -214,11 +217,7 @@ async fn delegation_through_envoy() {
     );
 
     // ES256 from PyJWT too.
-    let es = mint(&[
-        "--sub",
-        "alice",
-        "--claim",
-        "employee=true",
+    let es = alice(&[
         "--act",
         "travel-agent",
         "--scope",
@@ -236,11 +235,7 @@ async fn delegation_through_envoy() {
         ("no token", None),
         (
             "expired",
-            Some(mint(&[
-                "--sub",
-                "alice",
-                "--claim",
-                "employee=true",
+            Some(alice(&[
                 "--act",
                 "travel-agent",
                 "--scope",
@@ -251,11 +246,7 @@ async fn delegation_through_envoy() {
         ),
         (
             "wrong audience",
-            Some(mint(&[
-                "--sub",
-                "alice",
-                "--claim",
-                "employee=true",
+            Some(alice(&[
                 "--act",
                 "travel-agent",
                 "--scope",
@@ -266,11 +257,7 @@ async fn delegation_through_envoy() {
         ),
         (
             "alg none",
-            Some(mint(&[
-                "--sub",
-                "alice",
-                "--claim",
-                "employee=true",
+            Some(alice(&[
                 "--act",
                 "travel-agent",
                 "--scope",
@@ -305,24 +292,11 @@ async fn delegation_through_envoy() {
     let denied = [
         (
             "missing capability",
-            mint(&[
-                "--sub",
-                "alice",
-                "--claim",
-                "employee=true",
-                "--act",
-                "ops-agent",
-                "--scope",
-                "book_flight",
-            ]),
+            alice(&["--act", "ops-agent", "--scope", "book_flight"]),
         ),
         (
             "chain too deep",
-            mint(&[
-                "--sub",
-                "alice",
-                "--claim",
-                "employee=true",
+            alice(&[
                 "--act",
                 "travel-agent",
                 "--act",
