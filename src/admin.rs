@@ -1,13 +1,13 @@
-//! Admin HTTP server: `/healthz` (process alive), `/readyz` (policy compiled and every
-//! issuer's keys loaded once), `/metrics` (Prometheus text).
+//! Admin HTTP server: `/healthz` (process alive), `/readyz` (policy active and every
+//! issuer's keys loaded once), `/metrics` (Prometheus text), `/v1/status` (policy and keys).
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
 
 use crate::authz::Authorizer;
 
@@ -16,6 +16,7 @@ pub fn router(authorizer: Arc<Authorizer>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
         .with_state(authorizer)
 }
 
@@ -24,29 +25,51 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
-    match authz.is_ready() {
-        true => (StatusCode::OK, "ready\n".to_string()),
-        false => {
-            let waiting: Vec<&str> = authz
-                .verifier()
-                .issuers()
-                .filter(|i| !i.loaded())
-                .map(|i| i.issuer())
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "not ready: keys not loaded yet for {}\n",
-                    waiting.join(", ")
-                ),
-            )
-        }
+    if authz.is_ready() {
+        return (StatusCode::OK, "ready\n".to_string());
     }
+    let mut waiting: Vec<String> = Vec::new();
+    if authz.policies().load().is_none() {
+        waiting.push(match authz.policies().status().last_error {
+            Some(e) => format!("the policy ({e})"),
+            None => "the policy".into(),
+        });
+    }
+    waiting.extend(
+        authz
+            .verifier()
+            .issuers()
+            .filter(|i| !i.loaded())
+            .map(|i| format!("the keys of {}", i.issuer())),
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: waiting for {}\n", waiting.join(", ")),
+    )
 }
 
 async fn metrics(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        authz.metrics().render(authz.is_ready()),
-    )
+    let text = authz
+        .metrics()
+        .render(authz.is_ready(), &authz.policies().status());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+async fn status(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
+    let issuers: Vec<serde_json::Value> = authz
+        .verifier()
+        .issuers()
+        .map(|i| {
+            serde_json::json!({
+                "issuer": i.issuer(),
+                "loaded": i.loaded(),
+                "keys": i.current().kids().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "ready": authz.is_ready(),
+        "policy": authz.policies().status(),
+        "issuers": issuers,
+    }))
 }

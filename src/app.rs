@@ -16,7 +16,10 @@ use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
 use crate::authz::Authorizer;
 use crate::config::{Config, ListenAddr};
 use crate::grpc::AuthzService;
-use crate::policy::PolicySet;
+use crate::policy::PolicyStore;
+use crate::policy::bundle::SigningKey;
+use crate::policy::source::PolicySource;
+use crate::policy::store::Signing;
 
 /// gRPC service name as health checks ask for it.
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -31,16 +34,33 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Builds the authorizer: compiles the policy and loads keys from files. Remote keys are
-/// fetched by the tasks `start` spawns (or once by `load_remote_keys`).
-pub fn build_authorizer(config: &Config) -> anyhow::Result<Authorizer> {
-    let policies = PolicySet::load_dir(&config.policy.dir, &config.policy.query)
-        .with_context(|| format!("loading policies from {}", config.policy.dir.display()))?;
-    tracing::info!(
-        policy.query = policies.query(),
-        policy.files = policies.files().len(),
-        "Compiled policy"
-    );
+/// Builds the authorizer with no policy active yet and no keys loaded: `start` (or
+/// `load_once`) loads them.
+pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySource)> {
+    let source = PolicySource::new(&config.policy).context("policy: building the HTTP client")?;
+    let mut keys = Vec::new();
+    for (i, key) in config.policy.signing.keys.iter().enumerate() {
+        let what = || format!("policy.signing.keys[{i}]");
+        let pem = std::fs::read(&key.public_key_file).with_context(|| {
+            format!("{}: cannot read {}", what(), key.public_key_file.display())
+        })?;
+        let alg = crate::authn::parse_algorithm(&key.algorithm)
+            .with_context(|| format!("{}: unknown algorithm {}", what(), key.algorithm))?;
+        let key = SigningKey::from_pem(&key.id, alg, &pem)
+            .map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), key.public_key_file.display()))?;
+        keys.push(key);
+    }
+    let signing = Signing {
+        keys,
+        required: config.policy.signing.required,
+    };
+    let store = Arc::new(PolicyStore::new(
+        &config.policy.query,
+        source.describe(),
+        source.name(),
+        signing,
+    ));
+    crate::policy::set_eval_timeout(config.policy.eval_timeout.0);
     let mut issuers = Vec::new();
     for (i, issuer) in config.authn.issuers.iter().enumerate() {
         let keys = IssuerKeys::new(issuer)
@@ -48,7 +68,7 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<Authorizer> {
         issuers.push(Arc::new(keys));
     }
     let verifier = Verifier::new(&config.authn, issuers);
-    Ok(Authorizer::new(config, verifier, policies))
+    Ok((Authorizer::new(config, verifier, store), source))
 }
 
 /// Loads keys from files (an error stops start-up: the file is configuration).
@@ -67,8 +87,15 @@ async fn load_file_keys(authorizer: &Authorizer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fetches remote keys once each, for one-shot use (`onbehalf check`).
-pub async fn load_keys_once(authorizer: &Authorizer) -> anyhow::Result<()> {
+/// Loads the policy and every issuer's keys once, for one-shot use (`onbehalf check`); a
+/// policy that does not load is an error.
+pub async fn load_once(authorizer: &Authorizer, source: &PolicySource) -> anyhow::Result<()> {
+    let bundle = source.load().await?;
+    authorizer
+        .policies()
+        .activate(bundle)
+        .await
+        .with_context(|| format!("loading the policy from {}", source.describe()))?;
     load_file_keys(authorizer).await?;
     for issuer in authorizer.verifier().issuers() {
         if !issuer.loaded() {
@@ -81,11 +108,17 @@ pub async fn load_keys_once(authorizer: &Authorizer) -> anyhow::Result<()> {
 /// Binds, starts serving, and returns at once. Keys from files are loaded before this
 /// returns; remote keys load in the background and `/readyz` says when.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let authorizer = Arc::new(build_authorizer(config)?);
+    let (authorizer, source) = build_authorizer(config)?;
+    let authorizer = Arc::new(authorizer);
     load_file_keys(&authorizer).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut background = Vec::new();
+    // The policy loads (and reloads) in the background; until the first load succeeds the
+    // server is not ready and answers 503.
+    background.push(tokio::spawn(
+        source.run(authorizer.policies().clone(), shutdown_rx.clone()),
+    ));
     for issuer in authorizer.verifier().issuers() {
         if !matches!(issuer.source(), KeySource::File(_)) {
             background.push(tokio::spawn(refresh_keys(

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use regorus::Value;
 
@@ -11,7 +10,7 @@ use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Decision, DenyReason};
 use crate::input::CheckInput;
-use crate::policy::{PolicySet, Verdict};
+use crate::policy::{PolicyError, PolicyStore, Verdict};
 use crate::telemetry::Metrics;
 
 /// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
@@ -23,7 +22,7 @@ pub struct Authorizer {
     token_header: String,
     identity_headers: HeaderNames,
     verifier: Verifier,
-    policies: ArcSwap<PolicySet>,
+    policies: Arc<PolicyStore>,
     metrics: Metrics,
     ready: AtomicBool,
 }
@@ -41,17 +40,19 @@ pub struct Outcome {
     pub subject: Option<Arc<str>>,
     pub actor: Option<Arc<str>>,
     pub depth: usize,
+    /// Revision of the policy that decided.
+    pub revision: Option<Arc<str>>,
 }
 
 // === impl Authorizer ===
 
 impl Authorizer {
-    pub fn new(config: &Config, verifier: Verifier, policies: PolicySet) -> Authorizer {
+    pub fn new(config: &Config, verifier: Verifier, policies: Arc<PolicyStore>) -> Authorizer {
         Authorizer {
             token_header: config.authn.header.clone(),
             identity_headers: config.headers.clone(),
             verifier,
-            policies: ArcSwap::from_pointee(policies),
+            policies,
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
         }
@@ -65,16 +66,16 @@ impl Authorizer {
         &self.metrics
     }
 
-    pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies.load_full()
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.policies
     }
 
-    /// Ready once the policy compiled and every issuer's keys loaded once; then stays ready.
+    /// Ready once a policy is active and every issuer's keys loaded once; then stays ready.
     pub fn is_ready(&self) -> bool {
         if self.ready.load(Ordering::Acquire) {
             return true;
         }
-        let ready = self.verifier.all_keys_loaded();
+        let ready = self.policies.load().is_some() && self.verifier.all_keys_loaded();
         if ready {
             self.ready.store(true, Ordering::Release);
         }
@@ -85,8 +86,11 @@ impl Authorizer {
     /// authentication yields the identities that the policy input is built from, and only a
     /// verified token may reach the policy.
     pub async fn decide(&self, input: &CheckInput) -> Outcome {
-        // One policy snapshot for the whole request.
-        let policies = self.policies.load();
+        // One policy snapshot for the whole request, so a swap cannot mix two revisions.
+        let Some(snapshot) = self.policies.load() else {
+            return self.denied(DenyReason::Unavailable);
+        };
+        let policies = &snapshot.policies;
 
         let auth = match self.authenticate(input).await {
             Ok(auth) => auth,
@@ -96,6 +100,10 @@ impl Authorizer {
 
         let document = input.document(&auth);
         let (decision, result) = match policies.evaluate(document.clone()) {
+            Err(e @ PolicyError::Timeout { .. }) => {
+                tracing::warn!(error = %e, "Policy evaluation timed out; denying");
+                (Decision::deny(DenyReason::EvalTimeout), None)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Policy evaluation failed; denying");
                 (Decision::deny(DenyReason::Internal(e.to_string())), None)
@@ -117,6 +125,7 @@ impl Authorizer {
             subject: Some(d.subject.id.clone()),
             actor: d.actor().map(|a| a.id.clone()),
             depth: d.depth(),
+            revision: Some(policies.revision().clone()),
             decision,
             input: Some(document),
             result,
@@ -138,6 +147,7 @@ impl Authorizer {
             subject: None,
             actor: None,
             depth: 0,
+            revision: None,
         }
     }
 

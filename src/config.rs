@@ -61,10 +61,65 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// Directory holding `*.rego` and `data.json` files.
-    pub dir: PathBuf,
     /// The rule whose value is the decision.
     pub query: String,
+    /// A directory holding `*.rego` and `data.json` files, watched for changes.
+    /// The default source when no other is set: `policies`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A local OPA bundle (`.tar.gz`), watched for changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_file: Option<PathBuf>,
+    /// An OPA bundle served over HTTP(S), polled with ETags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_url: Option<String>,
+    /// Time between two polls of `bundle_url`, with ±20% jitter.
+    pub poll_interval: Seconds,
+    /// Longest wait between retries after failed polls (backoff doubles from 1s).
+    pub max_backoff: Seconds,
+    /// Connect + response timeout of one bundle download.
+    pub fetch_timeout: Seconds,
+    /// Bearer token sent with bundle downloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// File holding the bearer token (read at each download, so it may rotate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Largest bundle archive accepted, in bytes.
+    pub max_bundle_bytes: u64,
+    /// Largest total size of a bundle's files once decompressed, in bytes.
+    pub max_content_bytes: u64,
+    /// Longest a single evaluation may run; past it the request is denied.
+    pub eval_timeout: Seconds,
+    pub signing: SigningConfig,
+}
+
+/// Bundle signature verification.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Refuse bundles without `.signatures.json`.
+    pub required: bool,
+    pub keys: Vec<SigningKeyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// The key id a signature names (its `keyid` or `kid`).
+    pub id: String,
+    #[serde(default = "default_signing_algorithm")]
+    pub algorithm: String,
+    /// PEM public key.
+    pub public_key_file: PathBuf,
+}
+
+/// Where the policy comes from, resolved from `PolicyConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySourceConfig {
+    Dir(PathBuf),
+    BundleFile(PathBuf),
+    BundleUrl(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +279,19 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        rebase(&mut self.policy.dir);
+        for p in [
+            self.policy.dir.as_mut(),
+            self.policy.bundle_file.as_mut(),
+            self.policy.bearer_token_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            rebase(p);
+        }
+        for key in &mut self.policy.signing.keys {
+            rebase(&mut key.public_key_file);
+        }
         for issuer in &mut self.authn.issuers {
             if let Some(p) = issuer.jwks_file.as_mut() {
                 rebase(p);
@@ -245,6 +312,65 @@ impl Config {
                 "policy.query".into(),
                 "must be a rule path starting with `data.`, e.g. data.envoy.authz.allow",
             );
+        }
+        let p = &self.policy;
+        let sources = usize::from(p.dir.is_some())
+            + usize::from(p.bundle_file.is_some())
+            + usize::from(p.bundle_url.is_some());
+        if sources > 1 {
+            bad(
+                "policy".into(),
+                "set at most one of dir, bundle_file or bundle_url",
+            );
+        }
+        if let Some(url) = &p.bundle_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bad(
+                "policy.bundle_url".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
+        if p.bearer_token.is_some() && p.bearer_token_file.is_some() {
+            bad(
+                "policy.bearer_token".into(),
+                "set bearer_token or bearer_token_file, not both",
+            );
+        }
+        if p.poll_interval.0 < Duration::from_millis(100) {
+            bad("policy.poll_interval".into(), "must be at least 100ms");
+        }
+        if p.max_backoff.0 < Duration::from_millis(100) {
+            bad("policy.max_backoff".into(), "must be at least 100ms");
+        }
+        if p.fetch_timeout.0.is_zero() {
+            bad("policy.fetch_timeout".into(), "must be more than 0");
+        }
+        if p.eval_timeout.0 < Duration::from_millis(1) {
+            bad("policy.eval_timeout".into(), "must be at least 1ms");
+        }
+        if p.max_bundle_bytes == 0 || p.max_content_bytes == 0 {
+            bad(
+                "policy.max_bundle_bytes".into(),
+                "limits must be more than 0",
+            );
+        }
+        if p.signing.required && p.signing.keys.is_empty() {
+            bad(
+                "policy.signing.keys".into(),
+                "signing.required needs at least one key",
+            );
+        }
+        for (i, key) in p.signing.keys.iter().enumerate() {
+            if crate::authn::parse_algorithm(&key.algorithm).is_none() {
+                bad(
+                    format!("policy.signing.keys[{i}].algorithm"),
+                    &format!(
+                        "`{}` is not a supported public-key algorithm",
+                        key.algorithm
+                    ),
+                );
+            }
         }
         if !is_header_name(&self.authn.header) {
             bad(
@@ -482,11 +608,38 @@ impl Default for ServerConfig {
     }
 }
 
+fn default_signing_algorithm() -> String {
+    "RS256".into()
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            dir: PathBuf::from("policies"),
             query: "data.envoy.authz.allow".into(),
+            dir: None,
+            bundle_file: None,
+            bundle_url: None,
+            poll_interval: Seconds(Duration::from_secs(30)),
+            max_backoff: Seconds(Duration::from_secs(120)),
+            fetch_timeout: Seconds(Duration::from_secs(10)),
+            bearer_token: None,
+            bearer_token_file: None,
+            max_bundle_bytes: 16 * 1024 * 1024,
+            max_content_bytes: 64 * 1024 * 1024,
+            eval_timeout: Seconds(Duration::from_millis(100)),
+            signing: SigningConfig::default(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The one configured source; a directory `policies` when none is set.
+    pub fn source(&self) -> PolicySourceConfig {
+        match (&self.dir, &self.bundle_file, &self.bundle_url) {
+            (Some(dir), _, _) => PolicySourceConfig::Dir(dir.clone()),
+            (None, Some(file), _) => PolicySourceConfig::BundleFile(file.clone()),
+            (None, None, Some(url)) => PolicySourceConfig::BundleUrl(url.clone()),
+            (None, None, None) => PolicySourceConfig::Dir(PathBuf::from("policies")),
         }
     }
 }

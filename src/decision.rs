@@ -56,6 +56,8 @@ pub enum DenyReason {
     PolicyResult(String),
     /// 403: evaluation failed; failing closed.
     Internal(String),
+    /// 403: evaluation ran past `policy.eval_timeout`; failing closed.
+    EvalTimeout,
     /// 503: keys not loaded yet.
     Unavailable,
 }
@@ -77,6 +79,7 @@ impl DenyReason {
             DenyReason::Policy => "policy",
             DenyReason::PolicyResult(_) => "policy_result",
             DenyReason::Internal(_) => "internal_error",
+            DenyReason::EvalTimeout => "eval_timeout",
             DenyReason::Unavailable => "unavailable",
         }
     }
@@ -105,7 +108,10 @@ impl Decision {
                 json!({"error": "temporarily_unavailable",
                        "error_description": "the authorizer is not ready; retry shortly"}),
             ),
-            DenyReason::Policy | DenyReason::PolicyResult(_) | DenyReason::Internal(_) => (
+            DenyReason::Policy
+            | DenyReason::PolicyResult(_)
+            | DenyReason::Internal(_)
+            | DenyReason::EvalTimeout => (
                 STATUS_FORBIDDEN,
                 json!({"error": "access_denied",
                        "error_description": "the request is not allowed"}),

@@ -75,6 +75,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
             authz.subject = subject,
             authz.actor = actor,
             authz.depth = outcome.depth,
+            policy.revision = outcome.revision.as_deref().unwrap_or(""),
             authz.duration_us = micros,
             "Request allowed"
         ),
@@ -89,6 +90,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
             authz.subject = subject,
             authz.actor = actor,
             authz.depth = outcome.depth,
+            policy.revision = outcome.revision.as_deref().unwrap_or(""),
             authz.duration_us = micros,
             "Request denied"
         ),
@@ -101,6 +103,6 @@ fn detail(reason: &DenyReason) -> String {
             m.clone()
         }
         DenyReason::Unauthenticated(e) => e.to_string(),
-        DenyReason::Policy | DenyReason::Unavailable => String::new(),
+        DenyReason::Policy | DenyReason::Unavailable | DenyReason::EvalTimeout => String::new(),
     }
 }

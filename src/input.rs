@@ -385,6 +385,12 @@ fn proto_value(v: &pbuf::Value) -> Value {
 
 /// RFC 3339 in UTC, as the protobuf JSON mapping writes a Timestamp.
 pub(crate) fn rfc3339(t: &pbuf::Timestamp) -> String {
+    rfc3339_utc(t.seconds, t.nanos)
+}
+
+/// RFC 3339 in UTC for seconds and nanoseconds since the Unix epoch.
+pub fn rfc3339_utc(seconds: i64, nanos: i32) -> String {
+    let t = pbuf::Timestamp { seconds, nanos };
     let days = t.seconds.div_euclid(86_400);
     let secs = t.seconds.rem_euclid(86_400);
     let (y, mo, d) = civil_from_days(days);

@@ -58,6 +58,42 @@ enum Command {
         #[arg(long)]
         body: Option<String>,
     },
+    /// Policy authoring: run Rego tests, build OPA bundles.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run every `test_*` rule under DIR (OPA's convention), with the directory's data.
+    /// Prints PASS/FAIL per test with its file; exits 1 if any test fails.
+    Test {
+        /// Directory of .rego files (tests included) and data.json files.
+        dir: PathBuf,
+    },
+    /// Build an OPA bundle (.tar.gz) from DIR: policies (tests excluded), data files and a
+    /// .manifest, optionally signed. `serve` loads it with policy.bundle_file or bundle_url.
+    Build {
+        /// Directory of .rego and data.json files.
+        dir: PathBuf,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Revision written to .manifest (default: the directory's .manifest, else a content digest).
+        #[arg(long)]
+        revision: Option<String>,
+        /// PEM private key to sign the bundle with (.signatures.json, OPA's format).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Signing algorithm: RS256, PS256, ES256, EdDSA, ...
+        #[arg(long, default_value = "RS256")]
+        signing_alg: String,
+        /// Key id named in the signature; `serve` picks the verification key by it.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,8 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if body.is_some() {
                 spec.body = body;
             }
-            let authorizer = onbehalf::app::build_authorizer(&config)?;
-            onbehalf::app::load_keys_once(&authorizer).await?;
+            let (authorizer, source) = onbehalf::app::build_authorizer(&config)?;
+            onbehalf::app::load_once(&authorizer, &source).await?;
             let (report, allowed) =
                 onbehalf::check::run(&authorizer, &spec, &config.authn.header).await;
             let text = serde_json::to_string_pretty(&report).context("printing the report")?;
@@ -139,7 +175,72 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 false => ExitCode::from(1),
             })
         }
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => policy_test(&dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Build {
+                    dir,
+                    output,
+                    revision,
+                    signing_key,
+                    signing_alg,
+                    key_id,
+                },
+        } => {
+            let signing = match signing_key {
+                Some(path) => {
+                    let pem = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some((pem, signing_alg, key_id))
+                }
+                None => None,
+            };
+            let bundle = onbehalf::policy::bundle::build(&dir, revision.as_deref(), signing)?;
+            let bytes = bundle.to_tar_gz()?;
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!(
+                "wrote {} ({} bytes, revision {}, {} files{})",
+                output.display(),
+                bytes.len(),
+                bundle.revision(),
+                bundle.files().len(),
+                if bundle.is_signed() { ", signed" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn policy_test(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use onbehalf::policy::testing::{self, TestOutcome};
+    let results = testing::run(dir)?;
+    if results.is_empty() {
+        println!("no test_* rules found under {}", dir.display());
+        return Ok(ExitCode::from(1));
+    }
+    let mut failed = 0;
+    for r in &results {
+        let ms = r.duration.as_secs_f64() * 1000.0;
+        match &r.outcome {
+            TestOutcome::Pass => println!("PASS {}: {} ({ms:.1}ms)", r.file, r.name),
+            TestOutcome::Fail => {
+                failed += 1;
+                println!("FAIL {}: {} ({ms:.1}ms)", r.file, r.name);
+            }
+            TestOutcome::Error(e) => {
+                failed += 1;
+                println!("ERROR {}: {}: {e}", r.file, r.name);
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", results.len() - failed);
+    Ok(match failed {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {

@@ -5,15 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{LogConfig, LogFormat};
 use crate::decision::{Decision, DenyReason};
+use crate::policy::store::PolicyStatus;
 
 /// Every label a decision can carry, in the order they are rendered.
-const REASONS: [&str; 7] = [
+const REASONS: [&str; 8] = [
     "bad_request",
     "missing_token",
     "invalid_token",
     "policy",
     "policy_result",
     "internal_error",
+    "eval_timeout",
     "unavailable",
 ];
 
@@ -58,7 +60,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format, version 0.0.4.
-    pub fn render(&self, ready: bool) -> String {
+    pub fn render(&self, ready: bool, policy: &PolicyStatus) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -83,8 +85,52 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE onbehalf_ready gauge");
         let _ = writeln!(out, "onbehalf_ready {}", u8::from(ready));
+        let counters = [
+            (
+                "onbehalf_policy_activations_total",
+                "Policy bundles activated.",
+                policy.activations,
+            ),
+            (
+                "onbehalf_policy_failures_total",
+                "Policy bundles rejected or not fetched; the last good policy kept serving.",
+                policy.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP onbehalf_policy_last_load_ok 1 when the last policy load succeeded, 0 when it failed."
+        );
+        let _ = writeln!(out, "# TYPE onbehalf_policy_last_load_ok gauge");
+        let ok = policy.last_error.is_none() && policy.revision.is_some();
+        let _ = writeln!(out, "onbehalf_policy_last_load_ok {}", u8::from(ok));
+        if let Some(revision) = &policy.revision {
+            let _ = writeln!(
+                out,
+                "# HELP onbehalf_policy_revision_info The active policy revision and generation."
+            );
+            let _ = writeln!(out, "# TYPE onbehalf_policy_revision_info gauge");
+            let _ = writeln!(
+                out,
+                "onbehalf_policy_revision_info{{revision=\"{}\",generation=\"{}\"}} 1",
+                label_value(revision),
+                policy.generation
+            );
+        }
         out
     }
+}
+
+/// Escapes a Prometheus label value.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Installs the global `tracing` subscriber: JSON lines or text, to stderr.

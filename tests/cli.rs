@@ -135,7 +135,7 @@ fn bad_config_stops_start_up_saying_where() {
 }
 
 #[test]
-fn broken_policy_stops_start_up_naming_the_file() {
+fn check_with_a_broken_policy_names_the_file() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(
         dir.path().join("authz.rego"),
@@ -144,15 +144,51 @@ fn broken_policy_stops_start_up_naming_the_file() {
     .expect("write");
     let file = dir.path().join("config.yaml");
     let yaml = format!(
-        "server:\n  grpc_addr: 127.0.0.1:0\n  admin_addr: 127.0.0.1:0\npolicy:\n  dir: {}\nauthn:\n  issuers:\n    - issuer: x\n      audiences: [y]\n      jwks_file: {}\n",
+        "policy:\n  dir: {}\nauthn:\n  issuers:\n    - issuer: x\n      audiences: [y]\n      jwks_file: {}\n",
         dir.path().display(),
         repo().join("deploy/demo/jwks.json").display()
     );
     std::fs::write(&file, yaml).expect("write");
-    let out = onbehalf(&["serve", "--config", file.to_str().expect("utf8")]);
+    let out = onbehalf(&["check", "--config", file.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("authz.rego"), "{err}");
+}
+
+#[test]
+fn policy_test_runs_the_shipped_tests() {
+    let out = onbehalf(&["policy", "test", "policies"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("PASS policies/authz_test.rego: data.envoy.authz_test.test_agent_books_a_flight_for_an_employee"), "{text}");
+    assert!(text.trim_end().ends_with("passed, 0 failed"), "{text}");
+}
+
+#[test]
+fn policy_test_reports_failures_with_file_and_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package p\nimport rego.v1\nallow if input.ok\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package p_test\nimport rego.v1\ntest_ok if data.p.allow with input as {\"ok\": true}\ntest_broken if data.p.allow with input as {\"ok\": false}\n",
+    )
+    .expect("write");
+    let out = onbehalf(&["policy", "test", dir.path().to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("PASS") && text.contains("data.p_test.test_ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL") && text.contains("p_test.rego: data.p_test.test_broken"),
+        "{text}"
+    );
+    assert!(text.contains("1 passed, 1 failed"), "{text}");
 }
 
 #[test]

@@ -7,3 +7,4 @@ mod cli;
 mod deploy;
 mod envoy;
 mod grpc;
+mod policy;

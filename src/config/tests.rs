@@ -139,7 +139,10 @@ authn:
         NO_ENV,
     )
     .expect("valid");
-    assert_eq!(c.policy.dir, PathBuf::from("/etc/onbehalf/rego"));
+    assert_eq!(
+        c.policy.source(),
+        PolicySourceConfig::Dir(PathBuf::from("/etc/onbehalf/rego"))
+    );
     assert_eq!(
         c.authn.issuers[0].jwks_file.as_deref(),
         Some(Path::new("/etc/onbehalf/keys/jwks.json"))

@@ -57,8 +57,8 @@ pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
     unknown
 }
 
-/// `a.b.c` for a reference made of a variable and dotted fields.
-fn dotted(expr: &Expr) -> Option<String> {
+/// `a.b.c` for a reference made of a variable and dotted or string-indexed fields.
+pub(crate) fn dotted(expr: &Expr) -> Option<String> {
     let mut parts = Vec::new();
     let mut node = expr;
     loop {
@@ -69,6 +69,13 @@ fn dotted(expr: &Expr) -> Option<String> {
             }
             Expr::RefDot { refr, field, .. } => {
                 parts.push(field.1.as_string().ok()?.to_string());
+                node = refr;
+            }
+            Expr::RefBrack { refr, index, .. } => {
+                let Expr::String { value, .. } = index.as_ref() else {
+                    return None;
+                };
+                parts.push(value.as_string().ok()?.to_string());
                 node = refr;
             }
             _ => return None,

@@ -1,33 +1,45 @@
-//! Rego policy: load a directory of `.rego` and `data.json` files, compile once, evaluate the
-//! configured rule per request with `&self` (no lock), and read the result into a `Verdict`.
+//! Rego policy: compile a bundle once, evaluate the configured rule per request with `&self`
+//! (no lock), and read the result into a `Verdict`.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
+use regorus::utils::limits::LimitError;
 use regorus::{CompiledPolicy, Engine, Value};
 
 pub mod analysis;
+pub mod bundle;
 pub mod result;
+pub mod source;
+pub mod store;
+pub mod testing;
 
+pub use bundle::{Bundle, BundleError};
 pub use result::{AppendAction, Grant, HeaderOp, Verdict, VerdictError};
+pub use store::{PolicySnapshot, PolicyStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy directory {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no .rego files under {0}")]
-    Empty(PathBuf),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("the bundle holds no .rego files")]
+    Empty,
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: not valid JSON data: {message}")]
-    Data { path: PathBuf, message: String },
+    Parse { path: String, message: String },
+    #[error("{path}: not valid data: {message}")]
+    Data { path: String, message: String },
+    #[error("{path}: outside the bundle's roots {roots:?}")]
+    OutsideRoots { path: String, roots: Vec<String> },
     #[error("{}", .0.iter().map(|c| format!("{}:{}: unknown function `{}` (not a regorus builtin, not defined by the policy)", c.file, c.line, c.name)).collect::<Vec<_>>().join("\n"))]
     UnknownFunctions(Vec<analysis::UnknownCall>),
     #[error("compiling the policy for `{query}` failed: {message}")]
     Compile { query: String, message: String },
+    #[error("evaluating `{query}` took longer than {limit:?}")]
+    Timeout {
+        query: String,
+        limit: std::time::Duration,
+    },
     #[error("evaluating `{query}` failed: {message}")]
     Eval { query: String, message: String },
 }
@@ -36,64 +48,87 @@ pub enum PolicyError {
 pub struct PolicySet {
     compiled: CompiledPolicy,
     query: Arc<str>,
-    files: Vec<PathBuf>,
+    files: Vec<String>,
+    revision: Arc<str>,
 }
 
 // === impl PolicySet ===
 
 impl PolicySet {
-    /// Loads every `.rego` file (tests, `*_test.rego`, excepted) and every `data.json` under
-    /// `dir`; a `data.json` in `dir/a/b/` is placed at `data.a.b`.
+    /// Loads a directory as a bundle (see `Bundle::from_dir`).
     pub fn load_dir(dir: &Path, query: &str) -> Result<PolicySet, PolicyError> {
-        let mut files = Vec::new();
-        walk(dir, &mut files)?;
-        files.sort();
+        let bundle = Bundle::from_dir(dir)?;
+        let set = Self::from_bundle(&bundle, query, &dir.display().to_string())?;
+        Ok(set)
+    }
+
+    /// Compiles a bundle: every `.rego` file (tests, `*_test.rego`, excepted) and every
+    /// `data.json`/`data.yaml`, placed at its directory's path (`a/b/data.json` is `data.a.b`).
+    /// `origin` prefixes file names in error messages.
+    pub fn from_bundle(
+        bundle: &Bundle,
+        query: &str,
+        origin: &str,
+    ) -> Result<PolicySet, PolicyError> {
+        let roots = bundle.manifest().roots.clone().unwrap_or_default();
+        let display = |name: &str| match origin.is_empty() {
+            true => name.to_string(),
+            false => format!("{}/{name}", origin.trim_end_matches('/')),
+        };
         let mut engine = Engine::new();
         let mut rego_files = Vec::new();
-        for path in &files {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".rego") && !name.ends_with("_test.rego") {
-                let text = read(path)?;
-                engine
-                    .add_policy(path.display().to_string(), text)
-                    .map_err(|e| PolicyError::Parse {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                rego_files.push(path.clone());
-            } else if name == "data.json" {
-                let text = read(path)?;
-                let value = Value::from_json_str(&text).map_err(|e| PolicyError::Data {
-                    path: path.clone(),
-                    message: e.to_string(),
+        for (name, bytes) in bundle.files() {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            let dir: Vec<&str> = match name.rsplit_once('/') {
+                Some((dir, _)) => dir.split('/').collect(),
+                None => Vec::new(),
+            };
+            if file.ends_with(".rego") && !file.ends_with("_test.rego") {
+                let text = std::str::from_utf8(bytes).map_err(|_| PolicyError::Parse {
+                    path: display(name),
+                    message: "not UTF-8".into(),
                 })?;
-                let prefix = path
-                    .parent()
-                    .and_then(|p| p.strip_prefix(dir).ok())
-                    .map(|p| {
-                        p.components()
-                            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                engine
-                    .add_data(nest(value, &prefix))
-                    .map_err(|e| PolicyError::Data {
-                        path: path.clone(),
+                let package = engine
+                    .add_policy(display(name), text.to_string())
+                    .map_err(|e| PolicyError::Parse {
+                        path: display(name),
                         message: e.to_string(),
                     })?;
+                let package_path: Vec<&str> =
+                    package.trim_start_matches("data.").split('.').collect();
+                check_roots(&roots, &package_path, &display(name))?;
+                rego_files.push(display(name));
+            } else if file == "data.json" || file == "data.yaml" || file == "data.yml" {
+                let data_err = |message: String| PolicyError::Data {
+                    path: display(name),
+                    message,
+                };
+                let json: serde_json::Value = match file {
+                    "data.json" => {
+                        serde_json::from_slice(bytes).map_err(|e| data_err(e.to_string()))?
+                    }
+                    _ => yaml_serde::from_slice(bytes).map_err(|e| data_err(e.to_string()))?,
+                };
+                if !json.is_object() {
+                    return Err(data_err("the top level must be an object".into()));
+                }
+                check_roots(&roots, &dir, &display(name))?;
+                engine
+                    .add_data(nest(Value::from(json), &dir))
+                    .map_err(|e| data_err(e.to_string()))?;
             }
         }
         if rego_files.is_empty() {
-            return Err(PolicyError::Empty(dir.to_path_buf()));
+            return Err(PolicyError::Empty);
         }
-        Self::compile(engine, query, rego_files)
+        Self::compile(engine, query, rego_files, bundle.revision())
     }
 
     fn compile(
         mut engine: Engine,
         query: &str,
-        files: Vec<PathBuf>,
+        files: Vec<String>,
+        revision: String,
     ) -> Result<PolicySet, PolicyError> {
         let unknown = analysis::unknown_calls(engine.get_modules());
         if !unknown.is_empty() {
@@ -101,17 +136,18 @@ impl PolicySet {
         }
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
-        let compile_err = |message: String| PolicyError::Compile {
-            query: query.to_string(),
-            message,
-        };
-        let compiled = engine
-            .compile_with_entrypoint(&query.into())
-            .map_err(|e| compile_err(e.to_string()))?;
+        let compiled =
+            engine
+                .compile_with_entrypoint(&query.into())
+                .map_err(|e| PolicyError::Compile {
+                    query: query.to_string(),
+                    message: e.to_string(),
+                })?;
         Ok(PolicySet {
             compiled,
             query: query.into(),
             files,
+            revision: revision.into(),
         })
     }
 
@@ -119,67 +155,76 @@ impl PolicySet {
         &self.query
     }
 
-    pub fn files(&self) -> &[PathBuf] {
+    pub fn files(&self) -> &[String] {
         &self.files
     }
 
+    pub fn revision(&self) -> &Arc<str> {
+        &self.revision
+    }
+
     /// Evaluates the rule against `input`. `Value::Undefined` means the rule had no value.
+    /// The evaluation time limit is process-wide (`set_eval_timeout`).
     pub fn evaluate(&self, input: Value) -> Result<Value, PolicyError> {
         self.compiled
             .eval_with_input(input)
-            .map_err(|e| PolicyError::Eval {
-                query: self.query.to_string(),
-                message: e.to_string(),
+            .map_err(|e| match e.downcast_ref::<LimitError>() {
+                Some(LimitError::TimeLimitExceeded { limit, .. }) => PolicyError::Timeout {
+                    query: self.query.to_string(),
+                    limit: *limit,
+                },
+                _ => PolicyError::Eval {
+                    query: self.query.to_string(),
+                    message: e.to_string(),
+                },
             })
     }
+}
+
+/// Sets the time limit of every evaluation in this process. regorus checks the clock as it
+/// works, so a runaway policy stops within about the limit and the request is denied.
+pub fn set_eval_timeout(limit: std::time::Duration) {
+    use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
+    set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+        limit,
+        check_interval: std::num::NonZeroU32::MIN,
+    }));
 }
 
 impl std::fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicySet")
             .field("query", &self.query)
+            .field("revision", &self.revision)
             .field("files", &self.files)
             .finish_non_exhaustive()
     }
 }
 
-fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Collects files below `dir`, following the `..data` symlink layout of Kubernetes volumes but
-/// skipping hidden entries (`..2024_01_01...` timestamped copies would load twice).
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| PolicyError::Read {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
+/// A package or data path must lie under one of the manifest's roots, when it has any.
+fn check_roots(roots: &[String], path: &[&str], name: &str) -> Result<(), PolicyError> {
+    if roots.is_empty() || roots.iter().any(|r| r.is_empty()) {
+        return Ok(());
     }
-    Ok(())
+    let path: Vec<&str> = path.iter().copied().filter(|p| !p.is_empty()).collect();
+    let inside = roots.iter().any(|root| {
+        let root: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
+        // Data at a parent of a root (e.g. top-level data.json) would write outside it.
+        root.len() <= path.len() && root.iter().zip(&path).all(|(a, b)| a == b)
+    });
+    match inside {
+        true => Ok(()),
+        false => Err(PolicyError::OutsideRoots {
+            path: name.to_string(),
+            roots: roots.to_vec(),
+        }),
+    }
 }
 
-fn nest(value: Value, prefix: &[String]) -> Value {
+fn nest(value: Value, prefix: &[&str]) -> Value {
     prefix.iter().rev().fold(value, |inner, key| {
-        let mut map = std::collections::BTreeMap::new();
-        map.insert(Value::from(key.as_str()), inner);
+        let mut map = BTreeMap::new();
+        map.insert(Value::from(*key), inner);
         Value::from(map)
     })
 }

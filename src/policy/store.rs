@@ -1,0 +1,172 @@
+//! The active policy, swapped whole. A new bundle is verified and compiled aside, off the
+//! request path; only a bundle that passed every check replaces the current one, in one
+//! atomic store. A request loads the snapshot once and uses it to the end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use super::bundle::SigningKey;
+use super::{Bundle, PolicyError, PolicySet};
+
+/// One activated policy.
+#[derive(Debug)]
+pub struct PolicySnapshot {
+    pub policies: PolicySet,
+    /// Increases by one per activation; part of every cache key that depends on the policy.
+    pub generation: u64,
+    /// Content digest of the bundle, to skip re-activating identical content.
+    pub digest: String,
+}
+
+/// What `/v1/status` reports about the policy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStatus {
+    pub source: String,
+    pub name: String,
+    pub revision: Option<String>,
+    pub generation: u64,
+    pub last_activation: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub activations: u64,
+    pub failures: u64,
+}
+
+/// Signature requirements for bundles.
+#[derive(Default)]
+pub struct Signing {
+    pub keys: Vec<SigningKey>,
+    pub required: bool,
+}
+
+/// Holds the active policy and the record of loads.
+pub struct PolicyStore {
+    query: String,
+    signing: Signing,
+    current: ArcSwapOption<PolicySnapshot>,
+    status: Mutex<PolicyStatus>,
+    activations: AtomicU64,
+    failures: AtomicU64,
+}
+
+// === impl PolicyStore ===
+
+impl PolicyStore {
+    pub fn new(query: &str, source: String, name: String, signing: Signing) -> PolicyStore {
+        PolicyStore {
+            query: query.to_string(),
+            signing,
+            current: ArcSwapOption::empty(),
+            status: Mutex::new(PolicyStatus {
+                source,
+                name,
+                ..Default::default()
+            }),
+            activations: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The active policy, or `None` before the first successful load.
+    pub fn load(&self) -> Option<Arc<PolicySnapshot>> {
+        self.current.load_full()
+    }
+
+    /// Verifies, compiles and activates `bundle`. Returns `Ok(false)` when its content equals
+    /// the active bundle's. On error nothing changes but the status and the failure count.
+    pub async fn activate(&self, bundle: Bundle) -> Result<bool, PolicyError> {
+        let result = self.prepare(bundle).await;
+        match result {
+            Ok(None) => Ok(false),
+            Ok(Some(snapshot)) => {
+                let revision = snapshot.policies.revision().to_string();
+                let generation = snapshot.generation;
+                self.current.store(Some(Arc::new(snapshot)));
+                self.activations.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut s) = self.status.lock() {
+                    s.revision = Some(revision.clone());
+                    s.generation = generation;
+                    s.last_activation = Some(now());
+                    s.last_error = None;
+                }
+                tracing::info!(
+                    policy.revision = %revision,
+                    policy.generation = generation,
+                    "Activated policy"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                self.record_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a load that failed before a bundle could be read (fetch, archive).
+    pub fn record_failure(&self, e: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(e.to_string());
+            s.last_error_at = Some(now());
+        }
+        tracing::error!(
+            error = %e,
+            policy.kept = self.current.load().as_ref().map(|c| c.policies.revision().to_string()).unwrap_or_default(),
+            "Policy bundle rejected; the last good policy keeps serving"
+        );
+    }
+
+    async fn prepare(&self, bundle: Bundle) -> Result<Option<PolicySnapshot>, PolicyError> {
+        let digest = bundle.digest();
+        let current = self.current.load_full();
+        if current.as_ref().is_some_and(|c| c.digest == digest) {
+            return Ok(None);
+        }
+        bundle.verify(&self.signing.keys, self.signing.required)?;
+        let query = self.query.clone();
+        let origin = self.status().name;
+        // Compiling takes milliseconds to seconds: keep it off the async workers.
+        let policies =
+            tokio::task::spawn_blocking(move || PolicySet::from_bundle(&bundle, &query, &origin))
+                .await
+                .map_err(|e| PolicyError::Compile {
+                    query: self.query.clone(),
+                    message: format!("the compile task failed: {e}"),
+                })??;
+        Ok(Some(PolicySnapshot {
+            policies,
+            generation: current.map_or(1, |c| c.generation + 1),
+            digest,
+        }))
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.activations = self.activations.load(Ordering::Relaxed);
+        s.failures = self.failures.load(Ordering::Relaxed);
+        s
+    }
+
+    /// False when the last load attempt failed (the previous policy may still be serving).
+    pub fn last_load_ok(&self) -> bool {
+        self.status
+            .lock()
+            .map(|s| s.last_error.is_none())
+            .unwrap_or(false)
+    }
+}
+
+fn now() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::input::rfc3339_utc(
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    )
+}
