@@ -61,6 +61,30 @@ async fn status(s: &Sidecar) -> Value {
         .expect("json")
 }
 
+/// Waits (bounded) until `/v1/status` satisfies `done`, and returns it.
+async fn wait_status(s: &Sidecar, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut st = Value::Null;
+    for _ in 0..200 {
+        st = status(s).await;
+        if done(&st) {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: {st}");
+}
+
+/// Waits until `/v1/status` reports a policy error containing `needle`.
+async fn wait_for_error(s: &Sidecar, needle: &str) -> Value {
+    wait_status(s, &format!("no policy error containing {needle:?}"), |st| {
+        st["policy"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(needle)
+    })
+    .await
+}
+
 /// Polls `check` until it says `want` (bounded), returning the last answer.
 async fn eventually(s: &Sidecar, token: &str, want: &str) -> String {
     let mut last = String::new();
@@ -90,10 +114,7 @@ struct Served {
 
 impl BundleServer {
     async fn start(body: Vec<u8>) -> BundleServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = bind().await;
         let state = Arc::new(Mutex::new(Served {
             body,
             etag: "\"v1\"".into(),
@@ -103,14 +124,7 @@ impl BundleServer {
         let app = axum::Router::new()
             .route("/bundles/authz.tar.gz", get(serve_bundle))
             .with_state((state.clone(), not_modified.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = serve(listener, app);
         BundleServer {
             addr,
             state,
@@ -223,23 +237,17 @@ async fn http_bundle_server_lifecycle() {
     // Server down: failures are recorded, r2 keeps serving.
     server.set_up(false);
     let failures_before = st["policy"]["failures"].as_u64().expect("count");
-    let mut seen = false;
-    for _ in 0..100 {
-        let st = status(&s).await;
-        if st["policy"]["failures"].as_u64().expect("count") > failures_before {
-            assert!(
-                st["policy"]["last_error"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("503"),
-                "{st}"
-            );
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(seen, "the failed poll is reported");
+    let st = wait_status(&s, "the failed poll is reported", |st| {
+        st["policy"]["failures"].as_u64().unwrap_or(0) > failures_before
+    })
+    .await;
+    assert!(
+        st["policy"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("503"),
+        "{st}"
+    );
     assert_eq!(
         answered_by(&s.check_token("GET", "/flights", &t).await),
         "deny:r2"
@@ -248,20 +256,7 @@ async fn http_bundle_server_lifecycle() {
 
     // A corrupt bundle is refused; r2 keeps serving; the metric says the last load failed.
     server.serve(b"\x1f\x8b garbage".to_vec(), "v3");
-    let mut refused = false;
-    for _ in 0..100 {
-        let st = status(&s).await;
-        if st["policy"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not a valid .tar.gz")
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(refused, "the corrupt bundle is reported");
+    wait_for_error(&s, "not a valid .tar.gz").await;
     assert_eq!(
         answered_by(&s.check_token("GET", "/flights", &t).await),
         "deny:r2"
@@ -288,20 +283,7 @@ async fn http_bundle_server_lifecycle() {
             .expect("tar"),
         "v4",
     );
-    let mut named = false;
-    for _ in 0..100 {
-        let st = status(&s).await;
-        if st["policy"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("authz.rego")
-        {
-            named = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(named);
+    wait_for_error(&s, "authz.rego").await;
     assert_eq!(
         answered_by(&s.check_token("GET", "/flights", &t).await),
         "deny:r2"
@@ -355,37 +337,15 @@ async fn signed_bundles_from_policy_build_are_verified() {
 
     // The watched file is rebuilt, signed by a key that is not trusted: refused.
     build("release-2", "rsa-2.pem");
-    let mut refused = false;
-    for _ in 0..200 {
-        let st = status(&s).await;
-        if st["policy"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("signature")
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        refused,
-        "a badly signed bundle is refused: {}",
-        status(&s).await
-    );
+    wait_for_error(&s, "signature").await;
     assert_eq!(status(&s).await["policy"]["revision"], "release-1");
 
     // Signed again with the trusted key: activated.
     build("release-3", "rsa-1.pem");
-    let mut activated = false;
-    for _ in 0..200 {
-        if status(&s).await["policy"]["revision"] == "release-3" {
-            activated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(activated, "{}", status(&s).await);
+    wait_status(&s, "release-3 is activated", |st| {
+        st["policy"]["revision"] == "release-3"
+    })
+    .await;
     s.stop().await;
 }
 
@@ -462,20 +422,7 @@ async fn directory_reload_with_a_configmap_symlink_swap() {
 
     // A broken update keeps the last good policy.
     configmap_publish(mount.path(), "2026_03", "package envoy.authz\nallow if {\n");
-    let mut reported = false;
-    for _ in 0..200 {
-        let st = status(&s).await;
-        if st["policy"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("authz.rego")
-        {
-            reported = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(reported, "{}", status(&s).await);
+    wait_for_error(&s, "authz.rego").await;
     assert_eq!(
         answered_by(&s.check_token("GET", "/flights", &t).await),
         "deny:cm2"

@@ -95,12 +95,31 @@ struct IdpState {
     issuer: String,
 }
 
+/// A loopback listener on an ephemeral port.
+pub async fn bind() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
+/// Serves `app` on `listener` until the returned sender is dropped.
+pub fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
+}
+
 impl IdpServer {
     pub async fn start(kids: &[&str]) -> IdpServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = bind().await;
         let state = Arc::new(Mutex::new(IdpState {
             keys: kids.iter().map(|k| jwk(k)).collect(),
             up: true,
@@ -111,14 +130,7 @@ impl IdpServer {
             .route("/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
             .with_state(state.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = serve(listener, app);
         IdpServer {
             addr,
             state,
@@ -342,19 +354,9 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub async fn start() -> EchoServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = bind().await;
         let app = axum::Router::new().fallback(echo);
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = serve(listener, app);
         EchoServer { addr, _stop: stop }
     }
 }
