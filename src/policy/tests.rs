@@ -429,3 +429,48 @@ mod default_policy {
         assert_eq!(denied.insufficient_scope, ["book_flight"]);
     }
 }
+
+#[test]
+fn bundle_roots_and_yaml_data() {
+    use std::collections::BTreeMap;
+    let bundle = |entries: &[(&str, &str)]| {
+        let files: BTreeMap<String, Vec<u8>> = entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        Bundle::from_files(files).expect("bundle")
+    };
+    let ok = bundle(&[
+        (
+            ".manifest",
+            r#"{"revision": "7", "roots": ["envoy", "acl"]}"#,
+        ),
+        (
+            "envoy/authz.rego",
+            "package envoy.authz\nimport rego.v1\nallow if input.user in data.acl.users\n",
+        ),
+        ("acl/data.yaml", "users: [alice]\n"),
+    ]);
+    let p = PolicySet::from_bundle(&ok, "data.envoy.authz.allow", "").expect("loads");
+    assert_eq!(&**p.revision(), "7");
+    assert_eq!(
+        p.evaluate(Value::from(json!({"user": "alice"})))
+            .expect("eval"),
+        Value::from(true)
+    );
+
+    let outside = bundle(&[
+        (".manifest", r#"{"roots": ["envoy"]}"#),
+        ("envoy/authz.rego", "package envoy.authz\nallow := true\n"),
+        ("other/data.json", "{}"),
+    ]);
+    let err = PolicySet::from_bundle(&outside, "data.envoy.authz.allow", "").unwrap_err();
+    assert!(matches!(err, PolicyError::OutsideRoots { .. }), "{err}");
+
+    let package_outside = bundle(&[
+        (".manifest", r#"{"roots": ["envoy/authz"]}"#),
+        ("x.rego", "package envoy.other\nallow := true\n"),
+    ]);
+    let err = PolicySet::from_bundle(&package_outside, "data.envoy.other.allow", "").unwrap_err();
+    assert!(matches!(err, PolicyError::OutsideRoots { .. }), "{err}");
+}
