@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
 use crate::authz::Authorizer;
+use crate::cache::TokenCache;
 use crate::config::{Config, ListenAddr};
 use crate::grpc::AuthzService;
 use crate::policy::PolicyStore;
@@ -61,13 +62,18 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         signing,
     ));
     crate::policy::set_eval_timeout(config.policy.eval_timeout.0);
+    let token_cache = config
+        .cache
+        .tokens
+        .enabled
+        .then(|| Arc::new(TokenCache::new(&config.cache.tokens)));
     let mut issuers = Vec::new();
     for (i, issuer) in config.authn.issuers.iter().enumerate() {
-        let keys = IssuerKeys::new(issuer)
+        let keys = IssuerKeys::new(issuer, token_cache.clone())
             .with_context(|| format!("authn.issuers[{i}]: building the HTTP client"))?;
         issuers.push(Arc::new(keys));
     }
-    let verifier = Verifier::new(&config.authn, issuers);
+    let verifier = Verifier::new(&config.authn, issuers, token_cache);
     Ok((Authorizer::new(config, verifier, store), source))
 }
 

@@ -7,10 +7,11 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
+use crate::cache::DecisionCache;
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Decision, DenyReason};
 use crate::input::CheckInput;
-use crate::policy::{PolicyError, PolicyStore, Verdict};
+use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
 use crate::telemetry::Metrics;
 
 /// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
@@ -23,6 +24,7 @@ pub struct Authorizer {
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
+    decisions: Option<DecisionCache>,
     metrics: Metrics,
     ready: AtomicBool,
 }
@@ -30,7 +32,7 @@ pub struct Authorizer {
 /// A decision with what led to it, for logs and `onbehalf check`.
 #[derive(Debug)]
 pub struct Outcome {
-    pub decision: Decision,
+    pub decision: Arc<Decision>,
     /// The Rego input document, when the request got as far as the policy.
     pub input: Option<Value>,
     /// The policy's raw result, when it was evaluated.
@@ -53,6 +55,11 @@ impl Authorizer {
             identity_headers: config.headers.clone(),
             verifier,
             policies,
+            decisions: config
+                .cache
+                .decisions
+                .enabled
+                .then(|| DecisionCache::new(&config.cache.decisions)),
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
         }
@@ -64,6 +71,10 @@ impl Authorizer {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn decision_cache(&self) -> Option<&DecisionCache> {
+        self.decisions.as_ref()
     }
 
     pub fn policies(&self) -> &Arc<PolicyStore> {
@@ -99,26 +110,7 @@ impl Authorizer {
         };
 
         let document = input.document(&auth);
-        let (decision, result) = match policies.evaluate(document.clone()) {
-            Err(e @ PolicyError::Timeout { .. }) => {
-                tracing::warn!(error = %e, "Policy evaluation timed out; denying");
-                (Decision::deny(DenyReason::EvalTimeout), None)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Policy evaluation failed; denying");
-                (Decision::deny(DenyReason::Internal(e.to_string())), None)
-            }
-            Ok(result) => match Verdict::try_from(&result) {
-                Ok(verdict) => (Decision::from_verdict(verdict), Some(result)),
-                Err(e) => {
-                    tracing::warn!(error = %e, policy.query = policies.query(), "Denying on policy result");
-                    (
-                        Decision::deny(DenyReason::PolicyResult(e.to_string())),
-                        Some(result),
-                    )
-                }
-            },
-        };
+        let (decision, result) = self.evaluate(&snapshot, &document, &auth);
         let d = &auth.delegation;
         Outcome {
             identity: self.identity(&auth),
@@ -132,7 +124,61 @@ impl Authorizer {
         }
     }
 
-    async fn authenticate(&self, input: &CheckInput) -> Result<Authenticated, AuthnError> {
+    /// The policy's decision for `document`: from the decision cache when the policy allows
+    /// it and an entry exists, else evaluated (and cached unless evaluation failed).
+    fn evaluate(
+        &self,
+        snapshot: &PolicySnapshot,
+        document: &Value,
+        auth: &Authenticated,
+    ) -> (Arc<Decision>, Option<Value>) {
+        let policies = &snapshot.policies;
+        let reads = policies.reads();
+        let cache = self
+            .decisions
+            .as_ref()
+            .filter(|_| reads.nondeterministic.is_empty());
+        let key =
+            cache.map(|_| DecisionCache::key(snapshot.generation, &reads.input_paths, document));
+        if let (Some(cache), Some(key)) = (cache, &key) {
+            if let Some(hit) = cache.get(snapshot.generation, key) {
+                self.metrics.decision_cache_hit();
+                return (hit.decision.clone(), Some(hit.result.clone()));
+            }
+            self.metrics.decision_cache_miss();
+        } else if self.decisions.is_some() {
+            self.metrics.decision_cache_uncacheable();
+        }
+        let (decision, result) = match policies.evaluate(document.clone()) {
+            Err(e @ PolicyError::Timeout { .. }) => {
+                tracing::warn!(error = %e, "Policy evaluation timed out; denying");
+                return (Arc::new(Decision::deny(DenyReason::EvalTimeout)), None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Policy evaluation failed; denying");
+                return (
+                    Arc::new(Decision::deny(DenyReason::Internal(e.to_string()))),
+                    None,
+                );
+            }
+            Ok(result) => match Verdict::try_from(&result) {
+                Ok(verdict) => (Arc::new(Decision::from_verdict(verdict)), result),
+                Err(e) => {
+                    tracing::warn!(error = %e, policy.query = policies.query(), "Denying on policy result");
+                    (
+                        Arc::new(Decision::deny(DenyReason::PolicyResult(e.to_string()))),
+                        result,
+                    )
+                }
+            },
+        };
+        if let (Some(cache), Some(key)) = (cache, key) {
+            cache.insert(key, decision.clone(), result.clone(), auth.token.expires_at);
+        }
+        (decision, Some(result))
+    }
+
+    async fn authenticate(&self, input: &CheckInput) -> Result<Arc<Authenticated>, AuthnError> {
         let token = authn::extract_bearer(input.header(&self.token_header))?;
         self.verifier.verify(token).await
     }
@@ -140,7 +186,7 @@ impl Authorizer {
     /// A denial before the policy ran.
     pub fn denied(&self, reason: DenyReason) -> Outcome {
         Outcome {
-            decision: Decision::deny(reason),
+            decision: Arc::new(Decision::deny(reason)),
             input: None,
             result: None,
             identity: Vec::new(),

@@ -131,7 +131,7 @@ pub async fn run(authorizer: &Authorizer, spec: &RequestSpec, token_header: &str
         json!(if allowed { "allow" } else { "deny" }),
     );
     report.insert("response".into(), describe(&response));
-    if let Decision::Deny(d) = &outcome.decision {
+    if let Decision::Deny(d) = &*outcome.decision {
         report.insert("reason".into(), json!(d.reason.label()));
     }
     if let Some(input) = &outcome.input {

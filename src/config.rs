@@ -44,7 +44,29 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub authn: AuthnConfig,
     pub headers: HeaderNames,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Verified tokens: a token is verified once, then served from here until its `exp`.
+    pub tokens: CacheSettings,
+    /// Decisions, keyed on everything the policy reads.
+    pub decisions: CacheSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most entries kept; the least useful are evicted first.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    /// Longest an entry lives (never past the token's `exp`).
+    pub ttl: Seconds,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -372,6 +394,17 @@ impl Config {
                 );
             }
         }
+        for (key, c) in [
+            ("cache.tokens", &self.cache.tokens),
+            ("cache.decisions", &self.cache.decisions),
+        ] {
+            if c.enabled && (c.max_entries == 0 || c.ttl.0.is_zero()) {
+                bad(
+                    key.into(),
+                    "max_entries and ttl must be more than 0 (or set enabled: false)",
+                );
+            }
+        }
         if !is_header_name(&self.authn.header) {
             bad(
                 "authn.header".into(),
@@ -604,6 +637,30 @@ impl Default for ServerConfig {
             grpc_addr: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
             shutdown_grace: Seconds(Duration::from_secs(5)),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cache_entries() -> u64 {
+    100_000
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            tokens: CacheSettings {
+                enabled: true,
+                max_entries: default_cache_entries(),
+                ttl: Seconds(Duration::from_secs(300)),
+            },
+            decisions: CacheSettings {
+                enabled: true,
+                max_entries: default_cache_entries(),
+                ttl: Seconds(Duration::from_secs(60)),
+            },
         }
     }
 }

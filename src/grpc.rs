@@ -66,7 +66,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
     let subject = outcome.subject.as_deref().unwrap_or("");
     let actor = outcome.actor.as_deref().unwrap_or("");
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    match &outcome.decision {
+    match &*outcome.decision {
         Decision::Allow(_) => tracing::info!(
             authz.decision = "allow",
             http.method = method,

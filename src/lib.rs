@@ -16,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod decision;

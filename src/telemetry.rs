@@ -24,6 +24,9 @@ const REASONS: [&str; 8] = [
 pub struct Metrics {
     allowed: AtomicU64,
     denied: [AtomicU64; REASONS.len()],
+    decision_hits: AtomicU64,
+    decision_misses: AtomicU64,
+    decision_uncacheable: AtomicU64,
 }
 
 // === impl Metrics ===
@@ -45,6 +48,28 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn decision_cache_hit(&self) {
+        self.decision_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn decision_cache_miss(&self) {
+        self.decision_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The policy reads time or randomness: its decisions are never cached.
+    pub fn decision_cache_uncacheable(&self) {
+        self.decision_uncacheable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (hits, misses, uncacheable) of the decision cache.
+    pub fn decision_cache(&self) -> (u64, u64, u64) {
+        (
+            self.decision_hits.load(Ordering::Relaxed),
+            self.decision_misses.load(Ordering::Relaxed),
+            self.decision_uncacheable.load(Ordering::Relaxed),
+        )
     }
 
     pub fn allowed(&self) -> u64 {
@@ -85,6 +110,22 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE onbehalf_ready gauge");
         let _ = writeln!(out, "onbehalf_ready {}", u8::from(ready));
+        let (hits, misses, uncacheable) = self.decision_cache();
+        let _ = writeln!(
+            out,
+            "# HELP onbehalf_decision_cache_total Decision cache lookups by result: hit, miss (not cached yet), uncacheable (the policy reads time or randomness)."
+        );
+        let _ = writeln!(out, "# TYPE onbehalf_decision_cache_total counter");
+        for (result, n) in [
+            ("hit", hits),
+            ("miss", misses),
+            ("uncacheable", uncacheable),
+        ] {
+            let _ = writeln!(
+                out,
+                "onbehalf_decision_cache_total{{result=\"{result}\"}} {n}"
+            );
+        }
         let counters = [
             (
                 "onbehalf_policy_activations_total",

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod cache;
 mod cli;
 mod deploy;
 mod envoy;

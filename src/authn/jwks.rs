@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use tokio::sync::Mutex;
 
 use super::AuthnError;
+use crate::cache::{Digest, TokenCache};
 use crate::config::IssuerConfig;
 
 /// Largest JWKS or discovery document accepted.
@@ -58,6 +59,8 @@ pub struct VerifyKey {
     kid: Option<String>,
     key: DecodingKey,
     validation: Validation,
+    /// SHA-256 of the key material: tells a re-published key from a replaced one.
+    fingerprint: Digest,
 }
 
 /// The usable keys of one issuer at one point in time.
@@ -81,6 +84,8 @@ pub struct IssuerKeys {
     /// Time of the last fetch attempt; held while fetching, so fetches never overlap.
     last_fetch: Mutex<Option<Instant>>,
     client: reqwest::Client,
+    /// Tokens verified with keys of this issuer; emptied of a key's tokens when it goes away.
+    token_cache: Option<Arc<TokenCache>>,
 }
 
 // === impl VerifyKey ===
@@ -92,6 +97,14 @@ impl VerifyKey {
 
     pub fn validation(&self) -> &Validation {
         &self.validation
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    pub fn fingerprint(&self) -> &Digest {
+        &self.fingerprint
     }
 }
 
@@ -167,6 +180,30 @@ impl KeySet {
         self.by_kid.keys().map(String::as_str)
     }
 
+    /// Whether the key that verified a cached token (`kid`, `fingerprint`) is still here.
+    pub fn has_key(&self, kid: Option<&str>, fingerprint: &Digest) -> bool {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .is_some_and(|k| k.fingerprint == *fingerprint),
+            None => self
+                .by_kid
+                .values()
+                .chain(self.without_kid.iter())
+                .any(|k| k.fingerprint == *fingerprint),
+        }
+    }
+
+    /// Key ids of `self` that `next` no longer holds with the same key material.
+    fn removed_in(&self, next: &KeySet) -> Vec<String> {
+        self.by_kid
+            .iter()
+            .filter(|(kid, k)| !next.has_key(Some(kid), &k.fingerprint))
+            .map(|(kid, _)| kid.clone())
+            .collect()
+    }
+
     /// The key for a token header. A token with a `kid` must match that key exactly; a token
     /// without one is accepted only when exactly one key can verify its algorithm.
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<VerifyKey>> {
@@ -194,7 +231,10 @@ impl KeySet {
 // === impl IssuerKeys ===
 
 impl IssuerKeys {
-    pub fn new(config: &IssuerConfig) -> Result<IssuerKeys, reqwest::Error> {
+    pub fn new(
+        config: &IssuerConfig,
+        token_cache: Option<Arc<TokenCache>>,
+    ) -> Result<IssuerKeys, reqwest::Error> {
         let source = match (&config.jwks_file, &config.jwks_uri) {
             (Some(path), _) => KeySource::File(path.clone()),
             (None, Some(uri)) => KeySource::Uri(uri.clone()),
@@ -222,6 +262,7 @@ impl IssuerKeys {
             loaded: AtomicBool::new(false),
             last_fetch: Mutex::new(None),
             client,
+            token_cache,
         })
     }
 
@@ -287,8 +328,19 @@ impl IssuerKeys {
                     jwks.keys = set.len(),
                     "Loaded issuer keys"
                 );
-                self.current.store(Arc::new(set));
+                let previous = self.current.swap(Arc::new(set));
                 self.loaded.store(true, Ordering::Release);
+                let removed = previous.removed_in(&self.current.load());
+                if let Some(cache) = &self.token_cache
+                    && !removed.is_empty()
+                {
+                    tracing::info!(
+                        jwks.issuer = %self.issuer,
+                        jwks.removed = ?removed,
+                        "Keys removed; dropping the tokens they verified"
+                    );
+                    cache.invalidate_keys(&self.issuer, removed);
+                }
                 true
             }
             Err(e) => {
@@ -421,6 +473,14 @@ impl IssuerKeys {
             return None;
         }
         let key = DecodingKey::from_jwk(jwk).ok()?;
+        let material = serde_json::to_vec(&jwk.algorithm).ok()?;
+        let mut fingerprint = [0u8; 32];
+        for (o, b) in fingerprint
+            .iter_mut()
+            .zip(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &material).as_ref())
+        {
+            *o = *b;
+        }
         let mut validation = Validation::new(*algorithms.first()?);
         validation.algorithms = algorithms;
         validation.set_issuer(&[&self.issuer]);
@@ -432,6 +492,7 @@ impl IssuerKeys {
             kid: jwk.common.key_id.clone(),
             key,
             validation,
+            fingerprint,
         })
     }
 }

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::cache::{TokenCache, token_digest};
 use crate::config::AuthnConfig;
 
 pub mod chain;
@@ -63,6 +64,7 @@ pub struct Verifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
     max_token_bytes: usize,
     max_depth: usize,
+    cache: Option<Arc<TokenCache>>,
 }
 
 /// The unverified `iss`, read only to choose which issuer's keys to verify with.
@@ -107,7 +109,11 @@ pub fn extract_bearer(value: Option<&str>) -> Result<&str, AuthnError> {
 // === impl Verifier ===
 
 impl Verifier {
-    pub fn new(config: &AuthnConfig, issuers: Vec<Arc<IssuerKeys>>) -> Verifier {
+    pub fn new(
+        config: &AuthnConfig,
+        issuers: Vec<Arc<IssuerKeys>>,
+        cache: Option<Arc<TokenCache>>,
+    ) -> Verifier {
         Verifier {
             issuers: issuers
                 .into_iter()
@@ -115,7 +121,12 @@ impl Verifier {
                 .collect(),
             max_token_bytes: config.max_token_bytes,
             max_depth: config.max_delegation_depth,
+            cache,
         }
+    }
+
+    pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
+        self.cache.as_ref()
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
@@ -127,12 +138,40 @@ impl Verifier {
         self.issuers.values().all(|i| i.loaded())
     }
 
-    /// Verifies signature, issuer, audience, times and algorithm, then decodes the chain.
-    pub async fn verify(&self, token: &str) -> Result<Authenticated, AuthnError> {
+    /// Verifies signature, issuer, audience, times and algorithm, then decodes the chain. A
+    /// token that verified before, whose key is still published, is answered from the cache.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Authenticated>, AuthnError> {
         // Size first: nothing below runs on an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::TooLarge(self.max_token_bytes));
         }
+        let Some(cache) = &self.cache else {
+            return self.verify_uncached(token).await.map(|(auth, _)| auth);
+        };
+        let digest = token_digest(token);
+        if let Some(hit) = cache.get(&digest)
+            && self.issuers.get(&*hit.issuer).is_some_and(|i| {
+                i.current()
+                    .has_key(hit.kid.as_deref(), &hit.key_fingerprint)
+            })
+        {
+            return Ok(hit.auth.clone());
+        }
+        let (auth, key) = self.verify_uncached(token).await?;
+        cache.insert(
+            digest,
+            auth.clone(),
+            auth.token.issuer.as_str().into(),
+            key.kid().map(str::to_string),
+            *key.fingerprint(),
+        );
+        Ok(auth)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Arc<Authenticated>, Arc<jwks::VerifyKey>), AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
         let issuer = self.peek_issuer(token)?;
         let keys = self
@@ -151,7 +190,7 @@ impl Verifier {
         .map_err(map_jwt_error)?;
         let delegation = chain::decode(&data.claims, self.max_depth)?;
         let token = TokenInfo::from_claims(&data.claims, header.typ)?;
-        Ok(Authenticated { delegation, token })
+        Ok((Arc::new(Authenticated { delegation, token }), key))
     }
 
     fn peek_issuer(&self, token: &str) -> Result<String, AuthnError> {

@@ -71,13 +71,18 @@ async fn verifier(kids: &[&str], dir: &tempfile::TempDir) -> Verifier {
         min_refresh_interval: Seconds(std::time::Duration::from_secs(10)),
         fetch_timeout: Seconds(std::time::Duration::from_secs(1)),
     };
-    let keys = Arc::new(IssuerKeys::new(&issuer).expect("client"));
+    // Every verifier here caches, so each refusal below also shows a bad token is never
+    // served from the cache.
+    let cache = Arc::new(crate::cache::TokenCache::new(
+        &crate::config::CacheConfig::default().tokens,
+    ));
+    let keys = Arc::new(IssuerKeys::new(&issuer, Some(cache.clone())).expect("client"));
     assert!(keys.refresh(true).await, "keys load");
     let config = crate::config::AuthnConfig {
         max_delegation_depth: 4,
         ..Default::default()
     };
-    Verifier::new(&config, vec![keys])
+    Verifier::new(&config, vec![keys], Some(cache))
 }
 
 fn b64(v: &serde_json::Value) -> String {

@@ -1,12 +1,135 @@
-//! Static checks on the parsed policy, done once at load time.
+//! Static analysis of the parsed policy, done once at load time.
 //!
-//! regorus reports a call to an unknown function only when an evaluation reaches it; a policy
-//! calling `http.send` or `io.jwt.decode` would then fail on some requests only. onbehalf walks
-//! every expression once when loading and refuses such a policy up front, naming file and line.
+//! - Unknown functions: regorus reports a call to an unknown function only when an evaluation
+//!   reaches it; a policy calling `http.send` or `io.jwt.decode` would then fail on some
+//!   requests only. onbehalf refuses such a policy up front, naming file and line.
+//! - What the policy reads (`reads`): the static `input` paths it references and whether it
+//!   calls a builtin whose answer varies between calls (time, randomness). The decision cache
+//!   keys on exactly those paths, and stays off for a policy that reads time or randomness.
 
 use std::collections::HashSet;
 
 use regorus::unstable::{BUILTINS, Expr, Literal, Module, Query, Ref, Rule, RuleHead};
+
+/// Builtins whose result is not a function of their arguments.
+const NONDETERMINISTIC: &[&str] = &[
+    "time.now_ns",
+    "rand.intn",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "http.send",
+    "net.lookup_ip_addr",
+];
+
+/// One step of a static path below `input`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Segment {
+    Key(String),
+    Index(u64),
+}
+
+/// What a policy can read that varies between requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// The `input` subtrees the policy references, minimal (no path below another); a path of
+    /// length 0 is the whole input.
+    pub input_paths: Vec<Vec<Segment>>,
+    /// Non-deterministic builtins the policy calls anywhere: nothing may be cached then.
+    pub nondeterministic: Vec<String>,
+}
+
+/// Everything the policy's modules can read: each `input` reference contributes its longest
+/// static prefix (`input.a[x].b` reads all of `input.a`), a bare `input` (aliasing, `with`)
+/// the whole input, an `import input.x` all of `input.x`.
+pub fn reads(modules: &[Ref<Module>]) -> Reads {
+    let mut paths: Vec<Vec<Segment>> = Vec::new();
+    let mut nondeterministic = Vec::new();
+    for module in modules {
+        for import in &module.imports {
+            if let Some((path, _)) = input_path(&import.refr) {
+                paths.push(path);
+            }
+        }
+        walk(module, |expr, pending| match expr {
+            Expr::Var { value, .. } if value.as_string().is_ok_and(|v| v.as_ref() == "input") => {
+                paths.push(Vec::new());
+                false
+            }
+            Expr::RefDot { .. } | Expr::RefBrack { .. } => match input_path(expr) {
+                Some((path, dynamic_indices)) => {
+                    paths.push(path);
+                    pending.extend(dynamic_indices);
+                    false
+                }
+                None => true,
+            },
+            Expr::Call { fcn, .. } => {
+                if let Some(name) = dotted(fcn)
+                    && NONDETERMINISTIC.contains(&name.as_str())
+                    && !nondeterministic.contains(&name)
+                {
+                    nondeterministic.push(name);
+                }
+                true
+            }
+            _ => true,
+        });
+    }
+    paths.sort();
+    paths.dedup();
+    // Keep only paths with no prefix in the set: a subtree covers everything below it.
+    let mut minimal: Vec<Vec<Segment>> = Vec::new();
+    for p in paths {
+        if !minimal.iter().any(|m| p.starts_with(m)) {
+            minimal.push(p);
+        }
+    }
+    Reads {
+        input_paths: minimal,
+        nondeterministic,
+    }
+}
+
+/// For a reference rooted at `input`: its static prefix, and the index expressions that are
+/// not literals (they must be analysed too). `None` when the root is not `input`.
+fn input_path(expr: &Expr) -> Option<(Vec<Segment>, Vec<&Expr>)> {
+    let mut reversed = Vec::new();
+    let mut dynamic = Vec::new();
+    let mut node = expr;
+    loop {
+        match node {
+            Expr::Var { value, .. } => {
+                if value.as_string().ok()?.as_ref() != "input" {
+                    return None;
+                }
+                break;
+            }
+            Expr::RefDot { refr, field, .. } => {
+                reversed.push(Segment::Key(field.1.as_string().ok()?.to_string()));
+                node = refr;
+            }
+            Expr::RefBrack { refr, index, .. } => {
+                match index.as_ref() {
+                    Expr::String { value, .. } | Expr::RawString { value, .. } => {
+                        reversed.push(Segment::Key(value.as_string().ok()?.to_string()));
+                    }
+                    Expr::Number { value, .. } if value.as_u64().is_ok() => {
+                        reversed.push(Segment::Index(value.as_u64().ok()?));
+                    }
+                    other => {
+                        // Everything below a dynamic index may be read: keep the prefix only.
+                        reversed.clear();
+                        dynamic.push(other);
+                    }
+                }
+                node = refr;
+            }
+            _ => return None,
+        }
+    }
+    reversed.reverse();
+    Some((reversed, dynamic))
+}
 
 /// A call to a function that is neither a regorus builtin nor defined by the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,11 +159,13 @@ pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
     }
     let mut unknown = Vec::new();
     for module in modules {
-        for_each_expr(module, |expr| {
+        walk(module, |expr, _| {
             let Expr::Call { fcn, span, .. } = expr else {
-                return;
+                return true;
             };
-            let Some(name) = dotted(fcn) else { return };
+            let Some(name) = dotted(fcn) else {
+                return true;
+            };
             let last = name.rsplit('.').next().unwrap_or(&name);
             let known = name == "print"
                 || BUILTINS.contains_key(name.as_str())
@@ -52,6 +177,7 @@ pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
                     line: span.line,
                 });
             }
+            true
         });
     }
     unknown
@@ -86,8 +212,9 @@ pub(crate) fn dotted(expr: &Expr) -> Option<String> {
 }
 
 /// Calls `f` on every expression of the module: rule heads, bodies, `with` modifiers,
-/// comprehensions. Iterative, so a deeply nested policy cannot overflow the stack.
-pub fn for_each_expr(module: &Module, mut f: impl FnMut(&Expr)) {
+/// comprehensions. `f` returns whether to visit the expression's children, and may queue
+/// other expressions to visit. Iterative, so a deeply nested policy cannot overflow the stack.
+fn walk<'a>(module: &'a Module, mut f: impl FnMut(&'a Expr, &mut Vec<&'a Expr>) -> bool) {
     let mut exprs: Vec<&Expr> = Vec::new();
     let mut queries: Vec<&Query> = Vec::new();
     for rule in &module.policy {
@@ -153,7 +280,9 @@ pub fn for_each_expr(module: &Module, mut f: impl FnMut(&Expr)) {
             continue;
         }
         let Some(expr) = exprs.pop() else { break };
-        f(expr);
+        if !f(expr, &mut exprs) {
+            continue;
+        }
         match expr {
             Expr::String { .. }
             | Expr::RawString { .. }

@@ -50,6 +50,7 @@ pub struct PolicySet {
     query: Arc<str>,
     files: Vec<String>,
     revision: Arc<str>,
+    reads: analysis::Reads,
 }
 
 // === impl PolicySet ===
@@ -134,6 +135,7 @@ impl PolicySet {
         if !unknown.is_empty() {
             return Err(PolicyError::UnknownFunctions(unknown));
         }
+        let reads = analysis::reads(engine.get_modules());
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
         let compiled =
@@ -148,6 +150,7 @@ impl PolicySet {
             query: query.into(),
             files,
             revision: revision.into(),
+            reads,
         })
     }
 
@@ -161,6 +164,11 @@ impl PolicySet {
 
     pub fn revision(&self) -> &Arc<str> {
         &self.revision
+    }
+
+    /// What the policy reads of its input, and whether it reads time or randomness.
+    pub fn reads(&self) -> &analysis::Reads {
+        &self.reads
     }
 
     /// Evaluates the rule against `input`. `Value::Undefined` means the rule had no value.

@@ -474,3 +474,83 @@ fn bundle_roots_and_yaml_data() {
     let err = PolicySet::from_bundle(&package_outside, "data.envoy.other.allow", "").unwrap_err();
     assert!(matches!(err, PolicyError::OutsideRoots { .. }), "{err}");
 }
+
+mod reads {
+    use super::*;
+    use crate::policy::analysis::Segment::{self, Index, Key};
+
+    fn reads_of(rego: &str) -> analysis::Reads {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "a.rego", rego);
+        let p = PolicySet::load_dir(dir.path(), "data.x.allow").expect("loads");
+        p.reads().clone()
+    }
+
+    fn path(segs: &[&str]) -> Vec<Segment> {
+        segs.iter()
+            .map(|s| match s.parse::<u64>() {
+                Ok(i) => Index(i),
+                Err(_) => Key(s.to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn static_paths_with_prefixes_merged() {
+        let r = reads_of(
+            "package x\nimport rego.v1\n\
+             allow if {\n  input.a.b == 1\n  input.a.b.c == 2\n  input[\"d\"][0] == 3\n  input.e[input.f] == 4\n}\n",
+        );
+        assert_eq!(
+            r.input_paths,
+            [
+                path(&["a", "b"]),
+                path(&["d", "0"]),
+                path(&["e"]),
+                path(&["f"])
+            ]
+        );
+        assert!(r.nondeterministic.is_empty());
+    }
+
+    #[test]
+    fn bare_input_means_everything() {
+        let r = reads_of("package x\nimport rego.v1\nallow if {\n  i := input\n  i.a == 1\n}\n");
+        assert_eq!(r.input_paths, [Vec::<Segment>::new()]);
+    }
+
+    #[test]
+    fn imports_of_input_count() {
+        let r = reads_of(
+            "package x\nimport rego.v1\nimport input.attributes.request.http as http\nallow if http.method == \"GET\"\n",
+        );
+        assert_eq!(r.input_paths, [path(&["attributes", "request", "http"])]);
+    }
+
+    #[test]
+    fn time_and_randomness_are_found_anywhere() {
+        let r = reads_of("package x\nimport rego.v1\nallow if late\nlate if time.now_ns() > 0\n");
+        assert_eq!(r.nondeterministic, ["time.now_ns"]);
+        let r = reads_of("package x\nimport rego.v1\nallow if rand.intn(\"k\", 10) > 5\n");
+        assert_eq!(r.nondeterministic, ["rand.intn"]);
+    }
+
+    #[test]
+    fn the_default_policy_reads_a_few_paths() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let p = PolicySet::load_dir(&dir, "data.envoy.authz.allow").expect("loads");
+        let r = p.reads();
+        assert!(r.nondeterministic.is_empty());
+        assert!(r.input_paths.contains(&path(&["parsed_path"])), "{r:?}");
+        assert!(r.input_paths.contains(&path(&["token", "scopes"])), "{r:?}");
+        assert!(
+            !r.input_paths.iter().any(|p| p.is_empty()),
+            "not the whole input: {r:?}"
+        );
+        assert!(
+            !r.input_paths
+                .contains(&path(&["attributes", "request", "http", "headers"])),
+            "headers are not read: {r:?}"
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! moka caches on the hot path: verified tokens and decisions.
+//!
+//! Keys are SHA-256 digests, so two different tokens or inputs never share an entry. Entries
+//! never outlive the token they were made for: each expires at the earlier of the configured
+//! TTL and the token's `exp`.
+//!
+//! The decision cache is sound by construction: its key covers the policy generation and every
+//! part of the input document the compiled policy can read (`policy::analysis::reads`), so a
+//! hit is exactly what a fresh evaluation would answer. A policy that calls a builtin whose
+//! answer varies (time, randomness) is never cached.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::digest;
+use moka::Expiry;
+use moka::sync::Cache;
+use regorus::Value;
+
+use crate::authn::Authenticated;
+use crate::config::CacheSettings;
+use crate::decision::Decision;
+use crate::policy::analysis::Segment;
+
+pub type Digest = [u8; 32];
+
+/// A token that verified, with what is needed to drop it when its key goes away.
+#[derive(Debug)]
+pub struct CachedToken {
+    pub auth: Arc<Authenticated>,
+    pub issuer: Arc<str>,
+    pub kid: Option<String>,
+    /// Digest of the verifying key's material: a `kid` reused for another key misses.
+    pub key_fingerprint: Digest,
+    ttl: Duration,
+}
+
+/// A decision and the policy result it came from.
+#[derive(Debug)]
+pub struct CachedDecision {
+    pub decision: Arc<Decision>,
+    pub result: Value,
+    ttl: Duration,
+}
+
+/// Verified tokens by digest.
+pub struct TokenCache {
+    cache: Cache<Digest, Arc<CachedToken>>,
+    max_ttl: Duration,
+}
+
+/// Decisions by digest of (policy generation, what the policy reads).
+pub struct DecisionCache {
+    cache: Cache<Digest, Arc<CachedDecision>>,
+    max_ttl: Duration,
+    generation: AtomicU64,
+}
+
+/// Per-entry lifetime: each value carries its own TTL.
+struct PerEntry;
+
+trait HasTtl {
+    fn ttl(&self) -> Duration;
+}
+
+impl HasTtl for CachedToken {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+impl HasTtl for CachedDecision {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+impl<V: HasTtl> Expiry<Digest, Arc<V>> for PerEntry {
+    fn expire_after_create(
+        &self,
+        _: &Digest,
+        value: &Arc<V>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl())
+    }
+}
+
+/// SHA-256 of a token.
+pub fn token_digest(token: &str) -> Digest {
+    to_array(digest::digest(&digest::SHA256, token.as_bytes()))
+}
+
+/// Time left before `exp` (seconds since the epoch), capped at `max`; `None` when none is left.
+pub fn ttl_until(exp: Option<i64>, max: Duration) -> Option<Duration> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let exp = u64::try_from(exp?).ok()?;
+    let left = Duration::from_secs(exp.checked_sub(now)?);
+    Some(left.min(max)).filter(|d| !d.is_zero())
+}
+
+fn to_array(d: digest::Digest) -> Digest {
+    let mut out = [0u8; 32];
+    for (o, b) in out.iter_mut().zip(d.as_ref()) {
+        *o = *b;
+    }
+    out
+}
+
+// === impl TokenCache ===
+
+impl TokenCache {
+    pub fn new(settings: &CacheSettings) -> TokenCache {
+        TokenCache {
+            cache: Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(PerEntry)
+                .support_invalidation_closures()
+                .build(),
+            max_ttl: settings.ttl.0,
+        }
+    }
+
+    pub fn get(&self, key: &Digest) -> Option<Arc<CachedToken>> {
+        self.cache.get(key)
+    }
+
+    /// Caches a verified token until the earlier of its `exp` and the TTL.
+    pub fn insert(
+        &self,
+        key: Digest,
+        auth: Arc<Authenticated>,
+        issuer: Arc<str>,
+        kid: Option<String>,
+        key_fingerprint: Digest,
+    ) {
+        let Some(ttl) = ttl_until(auth.token.expires_at, self.max_ttl) else {
+            return;
+        };
+        let entry = CachedToken {
+            auth,
+            issuer,
+            kid,
+            key_fingerprint,
+            ttl,
+        };
+        self.cache.insert(key, Arc::new(entry));
+    }
+
+    /// Drops every token verified by one of `kids` of `issuer` (keys removed from its JWKS).
+    pub fn invalidate_keys(&self, issuer: &str, kids: Vec<String>) {
+        let issuer: Arc<str> = issuer.into();
+        let result = self.cache.invalidate_entries_if(move |_, v| {
+            *v.issuer == *issuer && v.kid.as_ref().is_some_and(|k| kids.contains(k))
+        });
+        if let Err(e) = result {
+            // Only when closures are not enabled; they are. Fall back to dropping everything.
+            tracing::warn!(error = %e, "Cannot invalidate selectively; clearing the token cache");
+            self.cache.invalidate_all();
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (tests and benchmarks read exact counts).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+}
+
+// === impl DecisionCache ===
+
+impl DecisionCache {
+    pub fn new(settings: &CacheSettings) -> DecisionCache {
+        DecisionCache {
+            cache: Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(PerEntry)
+                .build(),
+            max_ttl: settings.ttl.0,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The key: the policy generation and, for each path the policy reads, the path and the
+    /// value found there in `document` (canonical JSON; `Undefined` is its own marker).
+    pub fn key(generation: u64, paths: &[Vec<Segment>], document: &Value) -> Digest {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&generation.to_be_bytes());
+        let mut buf = Vec::with_capacity(256);
+        for path in paths {
+            buf.clear();
+            for seg in path {
+                match seg {
+                    Segment::Key(k) => {
+                        buf.push(b'k');
+                        buf.extend_from_slice(&(k.len() as u64).to_be_bytes());
+                        buf.extend_from_slice(k.as_bytes());
+                    }
+                    Segment::Index(i) => {
+                        buf.push(b'i');
+                        buf.extend_from_slice(&i.to_be_bytes());
+                    }
+                }
+            }
+            buf.push(b'=');
+            match lookup(document, path) {
+                Some(v) => {
+                    // Values are JSON-serialisable by construction; the length prefix keeps
+                    // the concatenation unambiguous.
+                    let json = serde_json::to_vec(v).unwrap_or_default();
+                    buf.extend_from_slice(&(json.len() as u64).to_be_bytes());
+                    buf.extend_from_slice(&json);
+                }
+                None => buf.push(b'U'),
+            }
+            ctx.update(&(buf.len() as u64).to_be_bytes());
+            ctx.update(&buf);
+        }
+        to_array(ctx.finish())
+    }
+
+    /// The cached decision for `key`, after dropping every entry of an older generation.
+    pub fn get(&self, generation: u64, key: &Digest) -> Option<Arc<CachedDecision>> {
+        if self.generation.swap(generation, Ordering::AcqRel) != generation {
+            // A new policy: old entries can never hit again (the generation is in the key);
+            // free them now rather than at eviction.
+            self.cache.invalidate_all();
+        }
+        self.cache.get(key)
+    }
+
+    pub fn insert(
+        &self,
+        key: Digest,
+        decision: Arc<Decision>,
+        result: Value,
+        token_exp: Option<i64>,
+    ) {
+        let Some(ttl) = ttl_until(token_exp, self.max_ttl) else {
+            return;
+        };
+        let entry = CachedDecision {
+            decision,
+            result,
+            ttl,
+        };
+        self.cache.insert(key, Arc::new(entry));
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (tests and benchmarks read exact counts).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+}
+
+/// The value at `path` in `doc`, or `None` where the path leads nowhere.
+fn lookup<'a>(doc: &'a Value, path: &[Segment]) -> Option<&'a Value> {
+    let mut node = doc;
+    for seg in path {
+        node = match (node, seg) {
+            (Value::Object(o), Segment::Key(k)) => o.get(&Value::from(k.as_str()))?,
+            (Value::Array(a), Segment::Index(i)) => a.get(usize::try_from(*i).ok()?)?,
+            // `input.a["0"]` on an object, or a number key: compare as Rego would.
+            (Value::Object(o), Segment::Index(i)) => o.get(&Value::from(*i))?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+#[cfg(test)]
+mod tests;
