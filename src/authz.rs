@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
@@ -13,10 +12,6 @@ use crate::decision::{Decision, DenyReason};
 use crate::input::CheckInput;
 use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
 use crate::telemetry::Metrics;
-
-/// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
-/// the separators that would let an id forge a second chain element or header.
-const HEADER_ESCAPE: &AsciiSet = &CONTROLS.add(b' ').add(b',').add(b'%').add(b'"');
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
 pub struct Authorizer {
@@ -96,7 +91,7 @@ impl Authorizer {
     /// Decides one request. The phases run in this order because each needs the one before:
     /// authentication yields the identities that the policy input is built from, and only a
     /// verified token may reach the policy.
-    pub async fn decide(&self, input: &CheckInput) -> Outcome {
+    pub async fn decide(&self, input: &CheckInput<'_>) -> Outcome {
         // One policy snapshot for the whole request, so a swap cannot mix two revisions.
         let Some(snapshot) = self.policies.load() else {
             return self.denied(DenyReason::Unavailable);
@@ -109,29 +104,28 @@ impl Authorizer {
             Err(e) => return self.denied(DenyReason::Unauthenticated(e)),
         };
 
-        let document = input.document(&auth);
-        let (decision, result) = self.evaluate(&snapshot, &document, &auth);
-        let d = &auth.delegation;
+        let (decision, document, result) = self.evaluate(&snapshot, input, &auth);
         Outcome {
             identity: self.identity(&auth),
-            subject: Some(d.subject.id.clone()),
-            actor: d.actor().map(|a| a.id.clone()),
-            depth: d.depth(),
+            subject: Some(auth.subject.clone()),
+            actor: auth.actor().cloned(),
+            depth: auth.chain.len(),
             revision: Some(policies.revision().clone()),
             decision,
-            input: Some(document),
+            input: document,
             result,
         }
     }
 
-    /// The policy's decision for `document`: from the decision cache when the policy allows
-    /// it and an entry exists, else evaluated (and cached unless evaluation failed).
+    /// The policy's decision: from the decision cache when the policy allows it and an entry
+    /// exists, else evaluated (and cached unless evaluation failed). Returns the decision, the
+    /// input document when it was built, and the policy's result.
     fn evaluate(
         &self,
         snapshot: &PolicySnapshot,
-        document: &Value,
+        input: &CheckInput<'_>,
         auth: &Authenticated,
-    ) -> (Arc<Decision>, Option<Value>) {
+    ) -> (Arc<Decision>, Option<Value>, Option<Value>) {
         let policies = &snapshot.policies;
         let reads = policies.reads();
         let cache = self
@@ -139,27 +133,27 @@ impl Authorizer {
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
         let key =
-            cache.map(|_| DecisionCache::key(snapshot.generation, &reads.input_paths, document));
+            cache.map(|_| DecisionCache::key(snapshot.generation, &reads.input_paths, input, auth));
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
-                return (hit.decision.clone(), Some(hit.result.clone()));
+                return (hit.decision.clone(), None, None);
             }
             self.metrics.decision_cache_miss();
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
         }
+        let document = input.document(auth);
         let (decision, result) = match policies.evaluate(document.clone()) {
             Err(e @ PolicyError::Timeout { .. }) => {
                 tracing::warn!(error = %e, "Policy evaluation timed out; denying");
-                return (Arc::new(Decision::deny(DenyReason::EvalTimeout)), None);
+                let d = Decision::deny(DenyReason::EvalTimeout);
+                return (Arc::new(d), Some(document), None);
             }
             Err(e) => {
                 tracing::error!(error = %e, "Policy evaluation failed; denying");
-                return (
-                    Arc::new(Decision::deny(DenyReason::Internal(e.to_string()))),
-                    None,
-                );
+                let d = Decision::deny(DenyReason::Internal(e.to_string()));
+                return (Arc::new(d), Some(document), None);
             }
             Ok(result) => match Verdict::try_from(&result) {
                 Ok(verdict) => (Arc::new(Decision::from_verdict(verdict)), result),
@@ -173,12 +167,12 @@ impl Authorizer {
             },
         };
         if let (Some(cache), Some(key)) = (cache, key) {
-            cache.insert(key, decision.clone(), result.clone(), auth.token.expires_at);
+            cache.insert(key, decision.clone(), auth.token.expires_at);
         }
-        (decision, Some(result))
+        (decision, Some(document), Some(result))
     }
 
-    async fn authenticate(&self, input: &CheckInput) -> Result<Arc<Authenticated>, AuthnError> {
+    async fn authenticate(&self, input: &CheckInput<'_>) -> Result<Arc<Authenticated>, AuthnError> {
         let token = authn::extract_bearer(input.header(&self.token_header))?;
         self.verifier.verify(token).await
     }
@@ -198,22 +192,12 @@ impl Authorizer {
     }
 
     fn identity(&self, auth: &Authenticated) -> Vec<(String, Option<String>)> {
-        let d = &auth.delegation;
         let names = &self.identity_headers;
-        let chain = d
-            .chain
-            .iter()
-            .map(|p| escape(&p.id))
-            .collect::<Vec<_>>()
-            .join(",");
+        let [subject, actor, chain] = &auth.identity;
         vec![
-            (names.subject.clone(), Some(escape(&d.subject.id))),
-            (names.actor.clone(), d.actor().map(|a| escape(&a.id))),
-            (names.chain.clone(), (!chain.is_empty()).then_some(chain)),
+            (names.subject.clone(), subject.clone()),
+            (names.actor.clone(), actor.clone()),
+            (names.chain.clone(), chain.clone()),
         ]
     }
-}
-
-fn escape(id: &str) -> String {
-    utf8_percent_encode(id, HEADER_ESCAPE).to_string()
 }

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 use aws_lc_rs::digest;
 use moka::Expiry;
 use moka::sync::Cache;
-use regorus::Value;
 
 use crate::authn::Authenticated;
 use crate::config::CacheSettings;
 use crate::decision::Decision;
+use crate::input::{CheckInput, TokenParts, is_token_path};
 use crate::policy::analysis::Segment;
 
 pub type Digest = [u8; 32];
@@ -36,11 +36,11 @@ pub struct CachedToken {
     ttl: Duration,
 }
 
-/// A decision and the policy result it came from.
+/// A decision. The policy's raw result is not kept: it can be large, and a hit needs only
+/// the decision.
 #[derive(Debug)]
 pub struct CachedDecision {
     pub decision: Arc<Decision>,
-    pub result: Value,
     ttl: Duration,
 }
 
@@ -188,38 +188,24 @@ impl DecisionCache {
         }
     }
 
-    /// The key: the policy generation and, for each path the policy reads, the path and the
-    /// value found there in `document` (canonical JSON; `Undefined` is its own marker).
-    pub fn key(generation: u64, paths: &[Vec<Segment>], document: &Value) -> Digest {
+    /// The key: the policy generation, the token-derived share (`Authenticated::key_part`),
+    /// and for each request-derived path the policy reads, the path and the value the
+    /// document holds there (canonical JSON; `U` where undefined). Paths are written with
+    /// their length so that no two different inputs write the same bytes.
+    pub fn key(
+        generation: u64,
+        paths: &[Vec<Segment>],
+        input: &CheckInput<'_>,
+        auth: &Authenticated,
+    ) -> Digest {
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(&generation.to_be_bytes());
+        ctx.update(&auth.key_part(generation, paths));
         let mut buf = Vec::with_capacity(256);
-        for path in paths {
+        for path in paths.iter().filter(|p| !is_token_path(p)) {
             buf.clear();
-            for seg in path {
-                match seg {
-                    Segment::Key(k) => {
-                        buf.push(b'k');
-                        buf.extend_from_slice(&(k.len() as u64).to_be_bytes());
-                        buf.extend_from_slice(k.as_bytes());
-                    }
-                    Segment::Index(i) => {
-                        buf.push(b'i');
-                        buf.extend_from_slice(&i.to_be_bytes());
-                    }
-                }
-            }
-            buf.push(b'=');
-            match lookup(document, path) {
-                Some(v) => {
-                    // Values are JSON-serialisable by construction; the length prefix keeps
-                    // the concatenation unambiguous.
-                    let json = serde_json::to_vec(v).unwrap_or_default();
-                    buf.extend_from_slice(&(json.len() as u64).to_be_bytes());
-                    buf.extend_from_slice(&json);
-                }
-                None => buf.push(b'U'),
-            }
+            write_path(path, &mut buf);
+            input.feed_key(path, &mut buf);
             ctx.update(&(buf.len() as u64).to_be_bytes());
             ctx.update(&buf);
         }
@@ -236,21 +222,11 @@ impl DecisionCache {
         self.cache.get(key)
     }
 
-    pub fn insert(
-        &self,
-        key: Digest,
-        decision: Arc<Decision>,
-        result: Value,
-        token_exp: Option<i64>,
-    ) {
+    pub fn insert(&self, key: Digest, decision: Arc<Decision>, token_exp: Option<i64>) {
         let Some(ttl) = ttl_until(token_exp, self.max_ttl) else {
             return;
         };
-        let entry = CachedDecision {
-            decision,
-            result,
-            ttl,
-        };
+        let entry = CachedDecision { decision, ttl };
         self.cache.insert(key, Arc::new(entry));
     }
 
@@ -264,19 +240,37 @@ impl DecisionCache {
     }
 }
 
-/// The value at `path` in `doc`, or `None` where the path leads nowhere.
-fn lookup<'a>(doc: &'a Value, path: &[Segment]) -> Option<&'a Value> {
-    let mut node = doc;
-    for seg in path {
-        node = match (node, seg) {
-            (Value::Object(o), Segment::Key(k)) => o.get(&Value::from(k.as_str()))?,
-            (Value::Array(a), Segment::Index(i)) => a.get(usize::try_from(*i).ok()?)?,
-            // `input.a["0"]` on an object, or a number key: compare as Rego would.
-            (Value::Object(o), Segment::Index(i)) => o.get(&Value::from(*i))?,
-            _ => return None,
-        };
+/// The digest of what `parts` hold at the token-derived paths among `paths`.
+pub fn token_part_digest(parts: &TokenParts, paths: &[Vec<Segment>]) -> Digest {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = Vec::with_capacity(256);
+    for path in paths {
+        buf.clear();
+        write_path(path, &mut buf);
+        if parts.feed_key(path, &mut buf) {
+            ctx.update(&(buf.len() as u64).to_be_bytes());
+            ctx.update(&buf);
+        }
     }
-    Some(node)
+    to_array(ctx.finish())
+}
+
+fn write_path(path: &[Segment], buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(path.len() as u64).to_be_bytes());
+    for seg in path {
+        match seg {
+            Segment::Key(k) => {
+                buf.push(b'k');
+                buf.extend_from_slice(&(k.len() as u64).to_be_bytes());
+                buf.extend_from_slice(k.as_bytes());
+            }
+            Segment::Index(i) => {
+                buf.push(b'i');
+                buf.extend_from_slice(&i.to_be_bytes());
+            }
+        }
+    }
+    buf.push(b'=');
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Seconds,
+    /// Threads serving requests; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -637,6 +639,7 @@ impl Default for ServerConfig {
             grpc_addr: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
             shutdown_grace: Seconds(Duration::from_secs(5)),
+            worker_threads: 0,
         }
     }
 }
@@ -653,7 +656,8 @@ impl Default for CacheConfig {
         CacheConfig {
             tokens: CacheSettings {
                 enabled: true,
-                max_entries: default_cache_entries(),
+                // About 1.6 KiB a token: 10,000 tokens stay under 20 MiB.
+                max_entries: 10_000,
                 ttl: Seconds(Duration::from_secs(300)),
             },
             decisions: CacheSettings {

@@ -5,7 +5,9 @@
 //! `parsed_path`, `parsed_query`, `parsed_body`, `truncated_body`, `version`; then onbehalf's
 //! `subject`, `actor`, `delegation` and `token`. It is built as a `regorus::Value` directly.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::auth::v3::{
@@ -16,6 +18,7 @@ use percent_encoding::percent_decode_str;
 use regorus::Value;
 
 use crate::authn::{Authenticated, Party};
+use crate::policy::analysis::Segment;
 
 /// Envoy sets this header when `with_request_body` cut the body at `max_request_bytes`.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
@@ -30,27 +33,52 @@ pub enum InputError {
     Body,
 }
 
-/// The parts of a CheckRequest that onbehalf reads, validated.
-#[derive(Debug, Clone)]
-pub struct CheckInput {
-    pub method: String,
-    /// The raw request target, query string included, as Envoy saw it.
-    pub path: String,
+/// The parts of a CheckRequest that onbehalf reads, validated. Borrows the request: nothing is
+/// copied that a cached decision does not need (`attributes` is built on first use).
+#[derive(Debug)]
+pub struct CheckInput<'a> {
+    attrs: &'a AttributeContext,
+    http: &'a attribute_context::HttpRequest,
     /// Lower-case header names; repeated headers joined with `,` as Envoy does.
-    pub headers: HashMap<String, String>,
-    attributes: Value,
+    headers: Cow<'a, HashMap<String, String>>,
+    attributes: OnceLock<Value>,
     parsed_path: Value,
     parsed_query: Value,
     parsed_body: Option<Value>,
     truncated_body: bool,
 }
 
+/// The parts of the input document that depend on the token alone, built once per verified
+/// token (and cached with it).
+#[derive(Debug, Clone)]
+pub struct TokenParts {
+    subject: Value,
+    actor: Value,
+    delegation: Value,
+    token: Value,
+}
+
+/// Top-level keys of the input document that come from the token.
+const TOKEN_KEYS: [&str; 4] = ["subject", "actor", "delegation", "token"];
+/// Top-level keys that come from the request.
+const REQUEST_KEYS: [&str; 6] = [
+    "attributes",
+    "parsed_path",
+    "parsed_query",
+    "parsed_body",
+    "truncated_body",
+    "version",
+];
+
+static VERSION: LazyLock<Value> =
+    LazyLock::new(|| object([("encoding", "protojson".into()), ("ext_authz", "v3".into())]));
+
 // === impl CheckInput ===
 
-impl TryFrom<&CheckRequest> for CheckInput {
+impl<'a> TryFrom<&'a CheckRequest> for CheckInput<'a> {
     type Error = InputError;
 
-    fn try_from(req: &CheckRequest) -> Result<Self, Self::Error> {
+    fn try_from(req: &'a CheckRequest) -> Result<Self, Self::Error> {
         let attrs = req.attributes.as_ref().ok_or(InputError::NoHttpRequest)?;
         let http = attrs
             .request
@@ -69,57 +97,128 @@ impl TryFrom<&CheckRequest> for CheckInput {
             false => parse_body(http, headers.get("content-type").map(String::as_str))?,
         };
         Ok(CheckInput {
-            method: http.method.clone(),
-            path: http.path.clone(),
-            attributes: attributes(attrs, &headers),
+            attrs,
+            http,
+            headers,
+            attributes: OnceLock::new(),
             parsed_path,
             parsed_query,
             parsed_body,
             truncated_body,
-            headers,
         })
     }
 }
 
-impl CheckInput {
+impl CheckInput<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
 
+    fn attributes(&self) -> &Value {
+        self.attributes
+            .get_or_init(|| attributes(self.attrs, &self.headers))
+    }
+
     /// The Rego input document for this request and its verified token.
     pub fn document(&self, auth: &Authenticated) -> Value {
-        let d = &auth.delegation;
-        let t = &auth.token;
         let mut doc = BTreeMap::new();
-        put(&mut doc, "attributes", self.attributes.clone());
-        put(&mut doc, "parsed_path", self.parsed_path.clone());
-        put(&mut doc, "parsed_query", self.parsed_query.clone());
-        if let Some(body) = &self.parsed_body {
-            put(&mut doc, "parsed_body", body.clone());
+        for key in REQUEST_KEYS {
+            if let Some(v) = self.request_part(key) {
+                put(&mut doc, key, v.into_owned());
+            }
         }
-        put(&mut doc, "truncated_body", Value::from(self.truncated_body));
-        put(
-            &mut doc,
-            "version",
-            object([("encoding", "protojson".into()), ("ext_authz", "v3".into())]),
-        );
-        put(&mut doc, "subject", party(&d.subject));
-        put(&mut doc, "actor", d.actor().map_or(Value::Null, party));
-        put(
-            &mut doc,
-            "delegation",
-            object([
+        let parts = auth.parts();
+        put(&mut doc, "subject", parts.subject);
+        put(&mut doc, "actor", parts.actor);
+        put(&mut doc, "delegation", parts.delegation);
+        put(&mut doc, "token", parts.token);
+        Value::from(doc)
+    }
+
+    fn request_part(&self, key: &str) -> Option<Cow<'_, Value>> {
+        Some(match key {
+            "attributes" => Cow::Borrowed(self.attributes()),
+            "parsed_path" => Cow::Borrowed(&self.parsed_path),
+            "parsed_query" => Cow::Borrowed(&self.parsed_query),
+            "parsed_body" => Cow::Borrowed(self.parsed_body.as_ref()?),
+            "truncated_body" => Cow::Owned(Value::from(self.truncated_body)),
+            "version" => Cow::Borrowed(&*VERSION),
+            _ => return None,
+        })
+    }
+
+    /// Writes what the document holds at `path` into a decision-cache key: the value's JSON,
+    /// or `U` where the path leads nowhere. Only request-derived paths are written here (the
+    /// token-derived ones go through `TokenParts::feed_key`); the common attribute paths are
+    /// read from the request without building `attributes`, writing the same bytes.
+    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) {
+        let Some((Segment::Key(top), rest)) = path.split_first() else {
+            // The whole input: every request part, in order.
+            for key in REQUEST_KEYS {
+                self.feed_key(&[Segment::Key(key.into())], out);
+            }
+            return;
+        };
+        if top == "attributes"
+            && let Some(fast) = self.attribute_fast(rest)
+        {
+            return write_str_or_undefined(fast, out);
+        }
+        match self.request_part(top) {
+            Some(v) => write_value(lookup(&v, rest), out),
+            None => out.push(b'U'),
+        }
+    }
+
+    /// `attributes.request.http.{method,path,host,scheme,protocol,id}` and
+    /// `attributes.request.http.headers.<name>`, straight from the request: `Some(None)` when
+    /// absent (empty strings are left out of the document, as in protojson).
+    fn attribute_fast(&self, rest: &[Segment]) -> Option<Option<&str>> {
+        let [Segment::Key(a), Segment::Key(b), tail @ ..] = rest else {
+            return None;
+        };
+        if a != "request" || b != "http" {
+            return None;
+        }
+        let h = self.http;
+        fn field(s: &str) -> Option<Option<&str>> {
+            Some(Some(s).filter(|s| !s.is_empty()))
+        }
+        match tail {
+            [Segment::Key(f)] => match f.as_str() {
+                "method" => field(&h.method),
+                "path" => field(&h.path),
+                "host" => field(&h.host),
+                "scheme" => field(&h.scheme),
+                "protocol" => field(&h.protocol),
+                "id" => field(&h.id),
+                _ => None,
+            },
+            [Segment::Key(headers), Segment::Key(name)] if headers == "headers" => {
+                Some(self.headers.get(name.as_str()).map(String::as_str))
+            }
+            _ => None,
+        }
+    }
+}
+
+// === impl TokenParts ===
+
+impl TokenParts {
+    /// The token-derived parts of the document, built once.
+    pub fn build(delegation: &crate::authn::Delegation, token: &crate::authn::TokenInfo) -> Self {
+        let t = token;
+        TokenParts {
+            subject: party(&delegation.subject),
+            actor: delegation.actor().map_or(Value::Null, party),
+            delegation: object([
                 (
                     "chain",
-                    Value::from(d.chain.iter().map(party).collect::<Vec<_>>()),
+                    Value::from(delegation.chain.iter().map(party).collect::<Vec<_>>()),
                 ),
-                ("depth", Value::from(d.depth())),
+                ("depth", Value::from(delegation.depth())),
             ]),
-        );
-        put(
-            &mut doc,
-            "token",
-            object([
+            token: object([
                 ("issuer", Value::from(t.issuer.as_str())),
                 ("audience", strings(&t.audience)),
                 ("scopes", strings(&t.scopes)),
@@ -127,8 +226,77 @@ impl CheckInput {
                 ("jti", opt_str(t.jti.as_deref())),
                 ("type", opt_str(t.kind.as_deref())),
             ]),
-        );
-        Value::from(doc)
+        }
+    }
+
+    fn part(&self, key: &str) -> Option<&Value> {
+        Some(match key {
+            "subject" => &self.subject,
+            "actor" => &self.actor,
+            "delegation" => &self.delegation,
+            "token" => &self.token,
+            _ => return None,
+        })
+    }
+
+    /// Writes what the token-derived parts hold at `path` (see `CheckInput::feed_key`);
+    /// returns false for a request-derived path.
+    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) -> bool {
+        let Some((Segment::Key(top), rest)) = path.split_first() else {
+            for key in TOKEN_KEYS {
+                self.feed_key(&[Segment::Key(key.into())], out);
+            }
+            return true;
+        };
+        if !TOKEN_KEYS.contains(&top.as_str()) {
+            return false;
+        }
+        write_value(self.part(top).and_then(|v| lookup(v, rest)), out);
+        true
+    }
+}
+
+/// Whether `path` lies in the token-derived part of the document (the whole input counts for
+/// both parts).
+pub fn is_token_path(path: &[Segment]) -> bool {
+    matches!(path.first(), Some(Segment::Key(k)) if TOKEN_KEYS.contains(&k.as_str()))
+}
+
+/// The value at `path` below `v`.
+fn lookup<'v>(v: &'v Value, path: &[Segment]) -> Option<&'v Value> {
+    let mut node = v;
+    for seg in path {
+        node = match (node, seg) {
+            (Value::Object(o), Segment::Key(k)) => o.get(&Value::from(k.as_str()))?,
+            (Value::Array(a), Segment::Index(i)) => a.get(usize::try_from(*i).ok()?)?,
+            (Value::Object(o), Segment::Index(i)) => o.get(&Value::from(*i))?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// JSON with a length prefix, or `U` for undefined.
+fn write_value(v: Option<&Value>, out: &mut Vec<u8>) {
+    match v {
+        Some(v) => {
+            let json = serde_json::to_vec(v).unwrap_or_default();
+            out.extend_from_slice(&(json.len() as u64).to_be_bytes());
+            out.extend_from_slice(&json);
+        }
+        None => out.push(b'U'),
+    }
+}
+
+/// As `write_value` for a string: the same bytes its `Value` would write.
+fn write_str_or_undefined(s: Option<&str>, out: &mut Vec<u8>) {
+    match s {
+        Some(s) => {
+            let json = serde_json::to_vec(s).unwrap_or_default();
+            out.extend_from_slice(&(json.len() as u64).to_be_bytes());
+            out.extend_from_slice(&json);
+        }
+        None => out.push(b'U'),
     }
 }
 
@@ -208,14 +376,23 @@ fn parse_body(
     }
 }
 
-/// Envoy sends headers as a map, or as a list when `encode_raw_headers` is on.
-fn request_headers(http: &attribute_context::HttpRequest) -> HashMap<String, String> {
+/// Envoy sends headers as a map (names already lower-case), or as a list when
+/// `encode_raw_headers` is on. The map is borrowed unless a name needs lower-casing.
+fn request_headers(http: &attribute_context::HttpRequest) -> Cow<'_, HashMap<String, String>> {
     if !http.headers.is_empty() {
-        return http
+        if !http
             .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect();
+            .keys()
+            .any(|k| k.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Cow::Borrowed(&http.headers);
+        }
+        return Cow::Owned(
+            http.headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        );
     }
     let mut headers: HashMap<String, String> = HashMap::new();
     for h in http.header_map.iter().flat_map(|m| m.headers.iter()) {
@@ -231,7 +408,7 @@ fn request_headers(http: &attribute_context::HttpRequest) -> HashMap<String, Str
             })
             .or_insert(value);
     }
-    headers
+    Cow::Owned(headers)
 }
 
 // === protobuf JSON mapping of AttributeContext ===

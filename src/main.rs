@@ -98,10 +98,30 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` sizes its runtime from the configuration, so read that first.
+    let mut workers = 0;
+    let cli = match cli.command {
+        Command::Serve { config } => match load_config(config.as_deref()) {
+            Ok(c) => {
+                workers = c.server.worker_threads;
+                Cli {
+                    command: Command::Serve {
+                        config: config.clone(),
+                    },
+                }
+            }
+            Err(e) => {
+                eprintln!("onbehalf: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        command => Cli { command },
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("onbehalf: cannot start the async runtime: {e}");

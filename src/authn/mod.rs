@@ -52,11 +52,95 @@ pub enum AuthnError {
     KeysUnavailable,
 }
 
-/// A token that verified, decoded into the parts the policy sees.
-#[derive(Debug, Clone)]
+/// A token that verified, decoded into the parts the policy sees. Kept compact: it lives in
+/// the token cache, so the claims are held once, as the policy's values.
+#[derive(Debug)]
 pub struct Authenticated {
-    pub delegation: Delegation,
+    /// `sub` of the subject, then of each actor, current first.
+    pub subject: Arc<str>,
+    pub chain: Vec<Arc<str>>,
+    /// The identity header values, escaped once: subject, actor, chain.
+    pub identity: [Option<String>; 3],
     pub token: TokenInfo,
+    /// The verified claims as compact JSON: the input document's token-derived parts are
+    /// rebuilt from it when a decision is evaluated, so a cached token stays small.
+    claims: Box<str>,
+    /// Digest of what the current policy reads of `parts`, by policy generation: the
+    /// token-derived share of a decision-cache key, computed once per token and policy.
+    key_part: arc_swap::ArcSwapOption<(u64, crate::cache::Digest)>,
+}
+
+// === impl Authenticated ===
+
+impl Authenticated {
+    /// Decodes verified claims: the delegation chain (at most `max_depth` actors) and the
+    /// token's facts.
+    pub fn from_claims(
+        claims: &serde_json::Map<String, serde_json::Value>,
+        kind: Option<String>,
+        max_depth: usize,
+    ) -> Result<Authenticated, AuthnError> {
+        let delegation = chain::decode(claims, max_depth)?;
+        let token = TokenInfo::from_claims(claims, kind)?;
+        let chain: Vec<Arc<str>> = delegation.chain.iter().map(|p| p.id.clone()).collect();
+        let escaped_chain = chain
+            .iter()
+            .map(|id| escape_header(id))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Authenticated {
+            identity: [
+                Some(escape_header(&delegation.subject.id)),
+                chain.first().map(|id| escape_header(id)),
+                (!escaped_chain.is_empty()).then_some(escaped_chain),
+            ],
+            subject: delegation.subject.id,
+            chain,
+            token,
+            claims: serde_json::to_string(claims)
+                .unwrap_or_default()
+                .into_boxed_str(),
+            key_part: arc_swap::ArcSwapOption::empty(),
+        })
+    }
+
+    /// The token-derived parts of the input document (`subject`, `actor`, `delegation`,
+    /// `token`).
+    pub fn parts(&self) -> crate::input::TokenParts {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.claims).unwrap_or_default();
+        // The claims decoded once already, within the depth limit.
+        let delegation = chain::decode(&claims, usize::MAX).unwrap_or_else(|_| Delegation {
+            subject: Party {
+                id: self.subject.clone(),
+                claims: serde_json::Map::new(),
+            },
+            chain: Vec::new(),
+        });
+        crate::input::TokenParts::build(&delegation, &self.token)
+    }
+
+    /// The current actor's `sub`, or `None` when the subject calls directly.
+    pub fn actor(&self) -> Option<&Arc<str>> {
+        self.chain.first()
+    }
+
+    /// The token-derived share of a decision-cache key for policy `generation`, which reads
+    /// `paths`.
+    pub fn key_part(
+        &self,
+        generation: u64,
+        paths: &[Vec<crate::policy::analysis::Segment>],
+    ) -> crate::cache::Digest {
+        if let Some(cached) = self.key_part.load().as_ref()
+            && cached.0 == generation
+        {
+            return cached.1;
+        }
+        let digest = crate::cache::token_part_digest(&self.parts(), paths);
+        self.key_part.store(Some(Arc::new((generation, digest))));
+        digest
+    }
 }
 
 /// Verifies bearer tokens against the trusted issuers.
@@ -71,6 +155,18 @@ pub struct Verifier {
 #[derive(Deserialize)]
 struct IssuerPeek {
     iss: Option<String>,
+}
+
+/// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
+/// the separators that would let an id forge a second chain element or header.
+const HEADER_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b',')
+    .add(b'%')
+    .add(b'"');
+
+fn escape_header(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, HEADER_ESCAPE).to_string()
 }
 
 /// Parses an algorithm name from configuration. HMAC and `none` are never accepted: keys come
@@ -99,8 +195,8 @@ pub fn extract_bearer(value: Option<&str>) -> Result<&str, AuthnError> {
         return Err(AuthnError::NotBearer);
     }
     let token = token.trim_start();
-    let token_chars = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=');
-    if token.is_empty() || !token.bytes().all(token_chars) {
+    // Only the shape here: the JWT decoder refuses anything that is not base64url.
+    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace() || b == b'"') {
         return Err(AuthnError::Malformed);
     }
     Ok(token)
@@ -188,9 +284,8 @@ impl Verifier {
             key.validation(),
         )
         .map_err(map_jwt_error)?;
-        let delegation = chain::decode(&data.claims, self.max_depth)?;
-        let token = TokenInfo::from_claims(&data.claims, header.typ)?;
-        Ok((Arc::new(Authenticated { delegation, token }), key))
+        let auth = Authenticated::from_claims(&data.claims, header.typ, self.max_depth)?;
+        Ok((Arc::new(auth), key))
     }
 
     fn peek_issuer(&self, token: &str) -> Result<String, AuthnError> {

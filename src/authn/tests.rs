@@ -122,8 +122,8 @@ async fn verifies_rs256_es256_and_eddsa() {
     let v = verifier(&["rsa-1", "ec-1", "ed-1"], &dir).await;
     for kid in ["rsa-1", "ec-1", "ed-1"] {
         let auth = v.verify(&sign(kid, &claims())).await.expect(kid);
-        assert_eq!(&*auth.delegation.subject.id, "alice");
-        let chain: Vec<&str> = auth.delegation.chain.iter().map(|p| &*p.id).collect();
+        assert_eq!(&*auth.subject, "alice");
+        let chain: Vec<&str> = auth.chain.iter().map(|p| &**p).collect();
         assert_eq!(chain, ["agent-a", "orchestrator"]);
         assert_eq!(auth.token.issuer, ISS);
         assert_eq!(auth.token.audience, [AUD]);

@@ -6,7 +6,6 @@ use envoy_types::pb::envoy::config::core::v3::{
 use serde_json::json;
 
 use super::*;
-use crate::authn::{Delegation, TokenInfo};
 
 fn request(path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
     CheckRequest {
@@ -47,25 +46,16 @@ fn request(path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
     }
 }
 
+fn auth_from(claims: serde_json::Value) -> Authenticated {
+    let claims = claims.as_object().cloned().unwrap_or_default();
+    Authenticated::from_claims(&claims, Some("JWT".into()), 8).expect("valid claims")
+}
+
 fn auth() -> Authenticated {
-    let party = |id: &str| Party {
-        id: id.into(),
-        claims: json!({"sub": id}).as_object().cloned().unwrap_or_default(),
-    };
-    Authenticated {
-        delegation: Delegation {
-            subject: party("alice"),
-            chain: vec![party("agent-a"), party("orchestrator")],
-        },
-        token: TokenInfo {
-            issuer: "https://idp".into(),
-            audience: vec!["svc".into()],
-            scopes: vec!["read".into()],
-            expires_at: Some(1_700_000_300),
-            jti: None,
-            kind: Some("JWT".into()),
-        },
-    }
+    auth_from(
+        json!({"iss": "https://idp", "aud": "svc", "sub": "alice", "scope": "read",
+                     "exp": 1_700_000_300, "act": {"sub": "agent-a", "act": {"sub": "orchestrator"}}}),
+    )
 }
 
 fn doc(req: &CheckRequest) -> serde_json::Value {
@@ -118,13 +108,16 @@ fn opa_envoy_shape() {
 #[test]
 fn onbehalf_additions() {
     let d = doc(&request("/", &[], ""));
+    assert_eq!(d["subject"]["id"], "alice");
+    assert_eq!(d["subject"]["claims"]["scope"], "read");
+    assert!(d["subject"]["claims"].get("act").is_none());
     assert_eq!(
-        d["subject"],
-        json!({"id": "alice", "claims": {"sub": "alice"}})
+        d["actor"],
+        json!({"id": "agent-a", "claims": {"sub": "agent-a"}})
     );
-    assert_eq!(d["actor"]["id"], "agent-a");
     assert_eq!(d["delegation"]["depth"], 2);
     assert_eq!(d["delegation"]["chain"][1]["id"], "orchestrator");
+    assert_eq!(d["actor"]["claims"], json!({"sub": "agent-a"}));
     assert_eq!(
         d["token"],
         json!({"issuer": "https://idp", "audience": ["svc"], "scopes": ["read"],
@@ -136,9 +129,9 @@ fn onbehalf_additions() {
 
 #[test]
 fn direct_user_has_null_actor() {
-    let input = CheckInput::try_from(&request("/", &[], "")).expect("valid");
-    let mut a = auth();
-    a.delegation.chain.clear();
+    let req = request("/", &[], "");
+    let input = CheckInput::try_from(&req).expect("valid");
+    let a = auth_from(json!({"iss": "https://idp", "aud": "svc", "sub": "alice", "exp": 1}));
     let d = serde_json::to_value(input.document(&a)).expect("json");
     assert_eq!(d["actor"], serde_json::Value::Null);
     assert_eq!(d["delegation"], json!({"chain": [], "depth": 0}));
@@ -237,4 +230,27 @@ fn timestamps() {
     assert_eq!(ts(951_782_400, 0), "2000-02-29T00:00:00Z");
     assert_eq!(ts(-1, 0), "1969-12-31T23:59:59Z");
     assert_eq!(ts(1_700_000_000, 123_000), "2023-11-14T22:13:20.000123Z");
+}
+
+#[test]
+fn fast_key_paths_write_what_the_document_holds() {
+    use crate::policy::analysis::Segment::Key;
+    let req = request("/a?x=1", &[("x-tier", "gold")], "");
+    let input = CheckInput::try_from(&req).expect("valid");
+    let doc = input.document(&auth());
+    let path = |segs: &[&str]| segs.iter().map(|s| Key(s.to_string())).collect::<Vec<_>>();
+    for p in [
+        path(&["attributes", "request", "http", "method"]),
+        path(&["attributes", "request", "http", "host"]),
+        path(&["attributes", "request", "http", "headers", "x-tier"]),
+        path(&["attributes", "request", "http", "headers", "x-absent"]),
+        path(&["attributes", "request", "http", "scheme"]),
+    ] {
+        let mut fast = Vec::new();
+        input.feed_key(&p, &mut fast);
+        // The slow way: the value in the built document.
+        let mut slow = Vec::new();
+        write_value(lookup(&doc, &p), &mut slow);
+        assert_eq!(fast, slow, "{p:?}");
+    }
 }

@@ -1,0 +1,178 @@
+//! Micro-benchmarks of the request path, each part alone and whole:
+//!
+//!     cargo bench --bench hot_path
+//!
+//! Figures and how they compare live in docs/benchmarks.md.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use onbehalf::authz::Authorizer;
+use onbehalf::config::{Config, Source};
+use onbehalf::input::CheckInput;
+use serde_json::json;
+
+const ISS: &str = "https://idp.bench";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn token(kid: &str) -> String {
+    let pem = std::fs::read(repo().join(format!("tests/fixtures/{kid}.pem"))).expect("key");
+    let (key, alg) = match kid {
+        "rsa-1" => (
+            EncodingKey::from_rsa_pem(&pem).expect("rsa"),
+            Algorithm::RS256,
+        ),
+        "ec-1" => (
+            EncodingKey::from_ec_pem(&pem).expect("ec"),
+            Algorithm::ES256,
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(&pem).expect("ed"),
+            Algorithm::EdDSA,
+        ),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    let claims = json!({"iss": ISS, "aud": "service-b", "sub": "alice", "employee": true,
+                        "exp": exp, "scope": "book_flight",
+                        "act": {"sub": "travel-agent", "act": {"sub": "orchestrator"}}});
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+fn request(token: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "service-b"),
+        (":method", "POST"),
+        (":path", "/flights/bookings?seat=12A"),
+        ("content-type", "application/json"),
+        ("user-agent", "agent-sdk/1.0"),
+        ("x-request-id", "3f1c0a8e-8a6e-4c38-9b0e-6d1f2f7a9c11"),
+    ];
+    let mut map: std::collections::HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    map.insert("authorization".into(), format!("Bearer {token}"));
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    id: "1".into(),
+                    method: "POST".into(),
+                    path: "/flights/bookings?seat=12A".into(),
+                    host: "service-b".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: map,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn authorizer(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, caches: bool) -> Authorizer {
+    let jwks = dir.path().join("jwks.json");
+    let keys: Vec<serde_json::Value> = ["rsa-1", "ec-1", "ed-1"]
+        .iter()
+        .map(|k| {
+            let text = std::fs::read_to_string(repo().join(format!("tests/fixtures/{k}.jwk.json")))
+                .expect("jwk");
+            serde_json::from_str(&text).expect("json")
+        })
+        .collect();
+    std::fs::write(&jwks, json!({ "keys": keys }).to_string()).expect("write jwks");
+    let yaml = format!(
+        "policy:\n  dir: {}\ncache:\n  tokens:\n    enabled: {caches}\n    ttl: 5m\n  decisions:\n    enabled: {caches}\n    ttl: 1m\n\
+         authn:\n  issuers:\n    - issuer: {ISS}\n      audiences: [service-b]\n      jwks_file: {}\n",
+        repo().join("policies").display(),
+        jwks.display()
+    );
+    let config = Config::from_yaml(
+        &Source::Embedded,
+        &yaml,
+        std::iter::empty::<(String, String)>(),
+    )
+    .expect("config");
+    let (authorizer, source) = onbehalf::app::build_authorizer(&config).expect("build");
+    rt.block_on(onbehalf::app::load_once(&authorizer, &source))
+        .expect("load");
+    authorizer
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let dir = tempfile::tempdir().expect("tmp");
+    let uncached = authorizer(&rt, &dir, false);
+    let cached = authorizer(&rt, &dir, true);
+
+    let mut verify = c.benchmark_group("verify");
+    for (name, kid) in [("rs256", "rsa-1"), ("es256", "ec-1"), ("eddsa", "ed-1")] {
+        let t = token(kid);
+        verify.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(uncached.verifier().verify(black_box(&t)))
+                    .expect("valid")
+            })
+        });
+    }
+    let t = token("rsa-1");
+    rt.block_on(cached.verifier().verify(&t)).expect("valid");
+    verify.bench_function("token_cache_hit", |b| {
+        b.iter(|| {
+            rt.block_on(cached.verifier().verify(black_box(&t)))
+                .expect("valid")
+        })
+    });
+    verify.finish();
+
+    let req = request(&t);
+    let auth = rt.block_on(uncached.verifier().verify(&t)).expect("valid");
+    c.bench_function("input/build", |b| {
+        b.iter(|| {
+            let input = CheckInput::try_from(black_box(&req)).expect("input");
+            input.document(&auth)
+        })
+    });
+
+    let snapshot = uncached.policies().load().expect("policy");
+    let document = CheckInput::try_from(&req).expect("input").document(&auth);
+    c.bench_function("policy/evaluate_default", |b| {
+        b.iter(|| {
+            snapshot
+                .policies
+                .evaluate(black_box(document.clone()))
+                .expect("eval")
+        })
+    });
+    let paths = &snapshot.policies.reads().input_paths;
+    let input = CheckInput::try_from(&req).expect("input");
+    c.bench_function("decision_cache/key", |b| {
+        b.iter(|| onbehalf::cache::DecisionCache::key(1, paths, black_box(&input), &auth))
+    });
+
+    let mut check = c.benchmark_group("check_in_process");
+    check.bench_function("no_caches", |b| {
+        b.iter(|| rt.block_on(onbehalf::grpc::respond(&uncached, black_box(&req))))
+    });
+    rt.block_on(onbehalf::grpc::respond(&cached, &req));
+    check.bench_function("caches_warm", |b| {
+        b.iter(|| rt.block_on(onbehalf::grpc::respond(&cached, black_box(&req))))
+    });
+    check.finish();
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);

@@ -1,0 +1,407 @@
+//! Load tool: sends Envoy `Check` requests over real gRPC and reports throughput, latency and
+//! decision correctness; also runs the no-op ext_authz server that sets the ceiling.
+//!
+//!     onbehalf-load noop --listen 127.0.0.1:9292
+//!     onbehalf-load run --target 127.0.0.1:9191 --corpus hot --duration 10s
+//!
+//! Every run is bounded in time and count, and ends with one JSON line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+use envoy_types::pb::google::rpc;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(
+    name = "onbehalf-load",
+    about = "Load generator and no-op ext_authz server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// An ext_authz server that answers OK without any work: the ceiling for comparisons.
+    Noop {
+        #[arg(long, default_value = "127.0.0.1:9292")]
+        listen: SocketAddr,
+    },
+    /// Send Check requests from a corpus and report.
+    Run(RunArgs),
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// The ext_authz server.
+    #[arg(long, default_value = "127.0.0.1:9191")]
+    target: SocketAddr,
+    /// hot: 100 distinct tokens repeated; cold: every request a token never seen before.
+    #[arg(long, value_enum, default_value = "hot")]
+    corpus: Corpus,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the requests are spread over (Envoy uses a few).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Stop after this long...
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// ...or after this many requests (the cold corpus pre-signs this many tokens).
+    #[arg(long, default_value_t = 200_000)]
+    requests: usize,
+    /// Untimed requests sent first.
+    #[arg(long, default_value_t = 1_000)]
+    warmup: usize,
+    /// Issuer the tokens name.
+    #[arg(long, default_value = "https://idp.bench")]
+    issuer: String,
+    /// RS256 signing key (PEM) and its kid.
+    #[arg(long, default_value = "tests/fixtures/rsa-1.pem")]
+    key: PathBuf,
+    #[arg(long, default_value = "rsa-1")]
+    kid: String,
+    /// Check every answer against the decision the corpus expects (off for the no-op server).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    expect: bool,
+    /// Worker threads of the client's runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// A label for the JSON line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Corpus {
+    Hot,
+    Cold,
+}
+
+/// One request of the corpus and the status it should get.
+struct Case {
+    request: CheckRequest,
+    expect: i32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<onbehalf::config::Seconds>().map(|d| d.0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Run(args) => args.threads.max(1),
+        Command::Noop { .. } => 1,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("onbehalf-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Noop { listen } => rt.block_on(noop(listen)),
+        Command::Run(args) => rt.block_on(run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("onbehalf-load: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+// === the no-op server ===
+
+struct Noop;
+
+#[tonic::async_trait]
+impl Authorization for Noop {
+    async fn check(
+        &self,
+        _: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status::default()),
+            dynamic_metadata: None,
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        }))
+    }
+}
+
+async fn noop(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("no-op ext_authz server on {}", listener.local_addr()?);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(Noop))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
+    Ok(())
+}
+
+// === the load generator ===
+
+fn request(token: &str, method: &str, path: &str) -> CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    for (k, v) in [
+        (":authority", "service-b"),
+        (":method", method),
+        (":path", path),
+        ("user-agent", "agent-sdk/1.0"),
+    ] {
+        headers.insert(k.to_string(), v.to_string());
+    }
+    headers.insert("authorization".into(), format!("Bearer {token}"));
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "service-b".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Case `i`: four in five allowed (a travel agent booking for an employee), one in five
+/// denied by policy (an agent without the capability), with `i` in the subject so tokens
+/// differ.
+fn case(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<Case> {
+    let allowed = !i.is_multiple_of(5);
+    let actor = if allowed { "travel-agent" } else { "ops-agent" };
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    let claims = json!({"iss": issuer, "aud": "service-b", "sub": format!("user-{i}"),
+                        "employee": true, "exp": exp, "scope": "book_flight",
+                        "act": {"sub": actor}});
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    let token = jsonwebtoken::encode(&header, &claims, key)?;
+    Ok(Case {
+        request: request(&token, "POST", "/flights/bookings"),
+        expect: if allowed { 200 } else { 403 },
+    })
+}
+
+/// Signs `n` cases on every core.
+fn corpus(n: usize, args: &RunArgs) -> anyhow::Result<Vec<Case>> {
+    let pem =
+        std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
+    let key = EncodingKey::from_rsa_pem(&pem)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = n.div_ceil(workers).max(1);
+    let parts: Vec<anyhow::Result<Vec<Case>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let key = &key;
+                s.spawn(move || {
+                    (start..(start + chunk).min(n))
+                        .map(|i| case(i, &args.issuer, key, &args.kid))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))?
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(n);
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+fn status_of(resp: &CheckResponse) -> i32 {
+    match &resp.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(403, |s| s.code),
+        _ => 0,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    allowed: u64,
+    denied: u64,
+    mismatches: u64,
+    errors: u64,
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let size = match args.corpus {
+        Corpus::Hot => 100,
+        Corpus::Cold => args.requests + args.warmup,
+    };
+    let started = Instant::now();
+    let cases = Arc::new(corpus(size, &args)?);
+    eprintln!(
+        "corpus: {} distinct tokens signed in {:.1}s",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel: Channel = Endpoint::try_from(format!("http://{}", args.target))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.target))?;
+        channels.push(channel);
+    }
+
+    // Warm-up: untimed; the cold corpus uses its first `warmup` tokens here, never again.
+    let next = Arc::new(AtomicUsize::new(0));
+    let limit = args.warmup;
+    drive(&args, &channels, &cases, &next, limit, None).await;
+
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let limit = args.warmup + args.requests;
+    let tally = drive(&args, &channels, &cases, &next, limit, Some(deadline)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let mut lat = tally.latencies_us;
+    lat.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(i).copied().unwrap_or(0)
+    };
+    let count = lat.len();
+    let report = json!({
+        "label": args.label,
+        "corpus": match args.corpus { Corpus::Hot => "hot", Corpus::Cold => "cold" },
+        "concurrency": args.concurrency,
+        "connections": args.connections,
+        "requests": count,
+        "duration_s": elapsed,
+        "throughput_rps": count as f64 / elapsed,
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "max_us": lat.last().copied().unwrap_or(0),
+        "allowed": tally.allowed,
+        "denied": tally.denied,
+        "mismatches": tally.mismatches,
+        "errors": tally.errors,
+    });
+    eprintln!(
+        "{count} requests in {elapsed:.2}s: {:.0} req/s; p50 {}us p90 {}us p99 {}us max {}us; \
+         {} allowed, {} denied, {} unexpected, {} errors",
+        count as f64 / elapsed,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0),
+        tally.allowed,
+        tally.denied,
+        tally.mismatches,
+        tally.errors
+    );
+    println!("{report}");
+    if tally.errors > 0 || tally.mismatches > 0 {
+        anyhow::bail!(
+            "{} errors, {} unexpected decisions",
+            tally.errors,
+            tally.mismatches
+        );
+    }
+    Ok(())
+}
+
+/// Runs `concurrency` workers taking cases from `next` until `limit` or `deadline`.
+async fn drive(
+    args: &RunArgs,
+    channels: &[Channel],
+    cases: &Arc<Vec<Case>>,
+    next: &Arc<AtomicUsize>,
+    limit: usize,
+    deadline: Option<Instant>,
+) -> Tally {
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency.max(1) {
+        let channel = channels[w % channels.len()].clone();
+        let (cases, next, expect) = (cases.clone(), next.clone(), args.expect);
+        workers.push(tokio::spawn(async move {
+            let mut client = AuthorizationClient::new(channel);
+            let mut tally = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let case = &cases[i % cases.len()];
+                let t = Instant::now();
+                let result = client.check(case.request.clone()).await;
+                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                match result {
+                    Ok(resp) => {
+                        let status = status_of(resp.get_ref());
+                        match status {
+                            200 => tally.allowed += 1,
+                            _ => tally.denied += 1,
+                        }
+                        if expect && status != case.expect {
+                            tally.mismatches += 1;
+                        }
+                    }
+                    Err(_) => tally.errors += 1,
+                }
+                tally.latencies_us.push(us);
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for w in workers {
+        if let Ok(t) = w.await {
+            total.latencies_us.extend(t.latencies_us);
+            total.allowed += t.allowed;
+            total.denied += t.denied;
+            total.mismatches += t.mismatches;
+            total.errors += t.errors;
+        }
+    }
+    total
+}
