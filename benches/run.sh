@@ -57,10 +57,11 @@ $load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COL
   --label onbehalf-cold | tail -1 > "$out/onbehalf-cold.json"
 echo "{\"label\": \"memory-after-cold\", \"rss_kib\": $(rss_kib $ob), \"peak_rss_kib\": $(hwm_kib $ob)}" > "$out/memory.json"
 
-# 3. A flood of unique tokens for a minute: RSS sampled every 5 s must level off (bounded caches).
+# 3. A flood of unique tokens for a minute: 120,000 tokens (12x the token cache) cycled, RSS
+#    sampled every 5 s must level off (bounded caches).
 samples=()
-$load run --target 127.0.0.1:9191 --corpus cold --duration "${FLOOD_SECONDS}s" --requests 3000000 \
-  --warmup 0 --label flood > "$out/flood.log" 2>&1 &
+$load run --target 127.0.0.1:9191 --corpus cold --duration "${FLOOD_SECONDS}s" --requests 100000000 \
+  --corpus-size 120000 --warmup 0 --label flood > "$out/flood.log" 2>&1 &
 flood=$!
 # The flood signs its tokens first; sample once it is sending.
 while ! grep -q "corpus:" "$out/flood.log" 2>/dev/null; do sleep 1; done

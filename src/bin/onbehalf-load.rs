@@ -69,6 +69,9 @@ struct RunArgs {
     /// Untimed requests sent first.
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
+    /// Distinct tokens of the cold corpus, cycled (default: one per request, none repeated).
+    #[arg(long)]
+    corpus_size: Option<usize>,
     /// Issuer the tokens name.
     #[arg(long, default_value = "https://idp.bench")]
     issuer: String,
@@ -200,14 +203,15 @@ fn request(token: &str, method: &str, path: &str) -> CheckRequest {
 }
 
 /// Case `i`: four in five allowed (a travel agent booking for an employee), one in five
-/// denied by policy (an agent without the capability), with `i` in the subject so tokens
-/// differ.
+/// denied by policy (an agent without the capability). `i` is in the subject and in a scope,
+/// which the shipped policy reads: every token is new to the token cache, and every request
+/// new to the decision cache (verify and evaluate each time).
 fn case(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<Case> {
     let allowed = !i.is_multiple_of(5);
     let actor = if allowed { "travel-agent" } else { "ops-agent" };
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
     let claims = json!({"iss": issuer, "aud": "service-b", "sub": format!("user-{i}"),
-                        "employee": true, "exp": exp, "scope": "book_flight",
+                        "employee": true, "exp": exp, "scope": format!("book_flight trip-{i}"),
                         "act": {"sub": actor}});
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.into());
@@ -272,7 +276,7 @@ struct Tally {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let size = match args.corpus {
         Corpus::Hot => 100,
-        Corpus::Cold => args.requests + args.warmup,
+        Corpus::Cold => args.corpus_size.unwrap_or(args.requests + args.warmup),
     };
     let started = Instant::now();
     let cases = Arc::new(corpus(size, &args)?);
