@@ -137,7 +137,7 @@ impl Authorizer {
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
-                return (hit.decision.clone(), None, None);
+                return (hit, None, None);
             }
             self.metrics.decision_cache_miss();
         } else if self.decisions.is_some() {
@@ -167,7 +167,7 @@ impl Authorizer {
             },
         };
         if let (Some(cache), Some(key)) = (cache, key) {
-            cache.insert(key, decision.clone(), auth.token.expires_at);
+            cache.insert(key, decision.clone(), &result, auth.token.expires_at);
         }
         (decision, Some(document), Some(result))
     }

@@ -36,12 +36,13 @@ pub struct CachedToken {
     ttl: Duration,
 }
 
-/// A decision. The policy's raw result is not kept: it can be large, and a hit needs only
-/// the decision.
-#[derive(Debug)]
+/// A decision and when it stops being valid (seconds since the epoch). Kept small — a
+/// decision cache holds up to 100,000 of these: the policy's raw result is not kept, the
+/// decision is shared, and the deadline is checked on read rather than by a timer per entry.
+#[derive(Debug, Clone)]
 pub struct CachedDecision {
     pub decision: Arc<Decision>,
-    ttl: Duration,
+    valid_until: u64,
 }
 
 /// Verified tokens by digest.
@@ -52,7 +53,11 @@ pub struct TokenCache {
 
 /// Decisions by digest of (policy generation, what the policy reads).
 pub struct DecisionCache {
-    cache: Cache<Digest, Arc<CachedDecision>>,
+    cache: Cache<Digest, CachedDecision>,
+    /// Decisions by digest of the policy result they came from: entries share one decision
+    /// per distinct result, so 100,000 entries of a policy with a handful of answers hold a
+    /// handful of decisions.
+    interned: Cache<Digest, Arc<Decision>>,
     max_ttl: Duration,
     generation: AtomicU64,
 }
@@ -65,12 +70,6 @@ trait HasTtl {
 }
 
 impl HasTtl for CachedToken {
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-}
-
-impl HasTtl for CachedDecision {
     fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -90,6 +89,12 @@ impl<V: HasTtl> Expiry<Digest, Arc<V>> for PerEntry {
 /// SHA-256 of a token.
 pub fn token_digest(token: &str) -> Digest {
     to_array(digest::digest(&digest::SHA256, token.as_bytes()))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Time left before `exp` (seconds since the epoch), capped at `max`; `None` when none is left.
@@ -181,7 +186,11 @@ impl DecisionCache {
         DecisionCache {
             cache: Cache::builder()
                 .max_capacity(settings.max_entries)
-                .expire_after(PerEntry)
+                .time_to_live(settings.ttl.0)
+                .build(),
+            interned: Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(settings.ttl.0)
                 .build(),
             max_ttl: settings.ttl.0,
             generation: AtomicU64::new(0),
@@ -213,21 +222,52 @@ impl DecisionCache {
     }
 
     /// The cached decision for `key`, after dropping every entry of an older generation.
-    pub fn get(&self, generation: u64, key: &Digest) -> Option<Arc<CachedDecision>> {
+    pub fn get(&self, generation: u64, key: &Digest) -> Option<Arc<Decision>> {
         if self.generation.swap(generation, Ordering::AcqRel) != generation {
             // A new policy: old entries can never hit again (the generation is in the key);
             // free them now rather than at eviction.
             self.cache.invalidate_all();
+            self.interned.invalidate_all();
         }
-        self.cache.get(key)
+        let entry = self.cache.get(key)?;
+        if now_secs() >= entry.valid_until {
+            // Past the token's `exp`: as good as absent.
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(entry.decision)
     }
 
-    pub fn insert(&self, key: Digest, decision: Arc<Decision>, token_exp: Option<i64>) {
-        let Some(ttl) = ttl_until(token_exp, self.max_ttl) else {
+    /// Caches `decision`, which the policy answered with `result`, until the earlier of the
+    /// token's `exp` and the TTL.
+    pub fn insert(
+        &self,
+        key: Digest,
+        decision: Arc<Decision>,
+        result: &regorus::Value,
+        token_exp: Option<i64>,
+    ) {
+        if ttl_until(token_exp, self.max_ttl).is_none() {
+            return;
+        }
+        let Some(valid_until) = token_exp.and_then(|e| u64::try_from(e).ok()) else {
             return;
         };
-        let entry = CachedDecision { decision, ttl };
-        self.cache.insert(key, Arc::new(entry));
+        // A decision is a function of the result: equal results share one decision.
+        let decision = match serde_json::to_vec(result) {
+            Ok(json) => {
+                let digest = to_array(digest::digest(&digest::SHA256, &json));
+                self.interned.get_with(digest, || decision)
+            }
+            Err(_) => decision,
+        };
+        self.cache.insert(
+            key,
+            CachedDecision {
+                decision,
+                valid_until,
+            },
+        );
     }
 
     pub fn entry_count(&self) -> u64 {
