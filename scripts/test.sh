@@ -18,4 +18,7 @@ export ONBEHALF_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+# Benchmarks compile and run once each (criterion's test mode); then every test, last, so the
+# suite's closing lines are the test results.
+cargo test --locked --benches
+cargo test --locked --lib --bins --tests

@@ -162,7 +162,7 @@ impl CheckInput<'_> {
         if top == "attributes"
             && let Some(fast) = self.attribute_fast(rest)
         {
-            return write_str_or_undefined(fast, out);
+            return write_value(fast, out);
         }
         match self.request_part(top) {
             Some(v) => write_value(lookup(&v, rest), out),
@@ -276,23 +276,12 @@ fn lookup<'v>(v: &'v Value, path: &[Segment]) -> Option<&'v Value> {
     Some(node)
 }
 
-/// JSON with a length prefix, or `U` for undefined.
-fn write_value(v: Option<&Value>, out: &mut Vec<u8>) {
+/// JSON with a length prefix, or `U` for undefined. A string and its `Value` write the same
+/// bytes, so fast and slow lookups of one path agree.
+fn write_value<T: serde::Serialize + ?Sized>(v: Option<&T>, out: &mut Vec<u8>) {
     match v {
         Some(v) => {
             let json = serde_json::to_vec(v).unwrap_or_default();
-            out.extend_from_slice(&(json.len() as u64).to_be_bytes());
-            out.extend_from_slice(&json);
-        }
-        None => out.push(b'U'),
-    }
-}
-
-/// As `write_value` for a string: the same bytes its `Value` would write.
-fn write_str_or_undefined(s: Option<&str>, out: &mut Vec<u8>) {
-    match s {
-        Some(s) => {
-            let json = serde_json::to_vec(s).unwrap_or_default();
             out.extend_from_slice(&(json.len() as u64).to_be_bytes());
             out.extend_from_slice(&json);
         }

@@ -250,7 +250,7 @@ fn fast_key_paths_write_what_the_document_holds() {
         input.feed_key(&p, &mut fast);
         // The slow way: the value in the built document.
         let mut slow = Vec::new();
-        write_value(lookup(&doc, &p), &mut slow);
+        write_value::<Value>(lookup(&doc, &p), &mut slow);
         assert_eq!(fast, slow, "{p:?}");
     }
 }
