@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::LimitError;
 use regorus::{CompiledPolicy, Engine, Value};
 
@@ -51,6 +56,23 @@ pub struct PolicySet {
     files: Vec<String>,
     revision: Arc<str>,
     reads: analysis::Reads,
+    /// The same policy for regorus' register VM, when it compiles there.
+    vm: Option<VmProgram>,
+}
+
+/// A policy compiled for the register VM, with the data it runs against.
+struct VmProgram {
+    id: u64,
+    program: Arc<Program>,
+    data: Value,
+}
+
+static NEXT_PROGRAM: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// One VM per worker thread, reused while its program stays active: setting up a VM
+    /// (registers, data checks) costs more than a typical evaluation.
+    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
 }
 
 // === impl PolicySet ===
@@ -136,6 +158,7 @@ impl PolicySet {
             return Err(PolicyError::UnknownFunctions(unknown));
         }
         let reads = analysis::reads(engine.get_modules());
+        let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
         let compiled =
@@ -145,12 +168,35 @@ impl PolicySet {
                     query: query.to_string(),
                     message: e.to_string(),
                 })?;
+        let vm = match Compiler::compile_from_policy(&compiled, &[query]) {
+            Ok(program) => {
+                // Check the data against the program once here, not per worker thread.
+                let mut check = RegoVM::new_with_policy(compiled.clone());
+                check.load_program(program.clone());
+                match check.set_data(data.clone()) {
+                    Ok(()) => Some(VmProgram {
+                        id: NEXT_PROGRAM.fetch_add(1, Ordering::Relaxed),
+                        program,
+                        data,
+                    }),
+                    Err(e) => {
+                        tracing::info!(error = %e, "Policy data does not fit the VM; using the interpreter");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "Policy does not compile for the VM; using the interpreter");
+                None
+            }
+        };
         Ok(PolicySet {
             compiled,
             query: query.into(),
             files,
             revision: revision.into(),
             reads,
+            vm,
         })
     }
 
@@ -173,7 +219,48 @@ impl PolicySet {
 
     /// Evaluates the rule against `input`. `Value::Undefined` means the rule had no value.
     /// The evaluation time limit is process-wide (`set_eval_timeout`).
+    ///
+    /// The register VM answers when the policy compiled for it; anything it reports as an
+    /// error is evaluated again by the interpreter, whose answer then stands.
     pub fn evaluate(&self, input: Value) -> Result<Value, PolicyError> {
+        if let Some(vm) = &self.vm {
+            match self.evaluate_vm(vm, input.clone()) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    tracing::debug!(error = %e, "VM evaluation failed; using the interpreter")
+                }
+            }
+        }
+        self.evaluate_interpreter(input)
+    }
+
+    /// Whether evaluation runs on the register VM.
+    pub fn uses_vm(&self) -> bool {
+        self.vm.is_some()
+    }
+
+    fn evaluate_vm(&self, vm: &VmProgram, input: Value) -> Result<Value, String> {
+        VM.with(|cell| {
+            let mut slot = cell.try_borrow_mut().map_err(|e| e.to_string())?;
+            if slot.as_ref().map(|(id, _)| *id) != Some(vm.id) {
+                let mut machine = RegoVM::new_with_policy(self.compiled.clone());
+                machine.load_program(vm.program.clone());
+                machine
+                    .set_data(vm.data.clone())
+                    .map_err(|e| e.to_string())?;
+                *slot = Some((vm.id, machine));
+            }
+            let (_, machine) = slot.as_mut().ok_or("no VM")?;
+            machine.set_input(input);
+            machine
+                .execute_entry_point_by_name(&self.query)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// The interpreter (`CompiledPolicy::eval_with_input`), for policies the VM cannot run
+    /// and as the reference the VM is tested against.
+    pub fn evaluate_interpreter(&self, input: Value) -> Result<Value, PolicyError> {
         self.compiled
             .eval_with_input(input)
             .map_err(|e| match e.downcast_ref::<LimitError>() {

@@ -406,6 +406,63 @@ mod default_policy {
     }
 
     #[test]
+    fn the_vm_answers_exactly_as_the_interpreter() {
+        let p = policies();
+        assert!(p.uses_vm(), "the default policy runs on the register VM");
+        let subjects = [
+            json!({"sub": "alice", "employee": true}),
+            json!({"sub": "dana", "employee": true, "department": "Operations", "title": "Director"}),
+            json!({"sub": "eve"}),
+        ];
+        let chains: [&[&str]; 5] = [
+            &[],
+            &["travel-agent"],
+            &["ops-agent"],
+            &["travel-agent", "shady-agent"],
+            &["travel-agent", "orchestrator", "orchestrator"],
+        ];
+        let routes: [(&str, &[&str]); 5] = [
+            ("POST", &["flights", "bookings"]),
+            ("GET", &["flights", "7"]),
+            ("GET", &["admin", "users"]),
+            ("DELETE", &["flights", "bookings"]),
+            ("GET", &["payroll"]),
+        ];
+        let scopes: [&[&str]; 3] = [
+            &[],
+            &["book_flight"],
+            &["book_flight", "read_bookings", "admin"],
+        ];
+        let mut compared = 0;
+        for subject in &subjects {
+            for chain in chains {
+                for (method, path) in routes {
+                    for scopes in scopes {
+                        let case = Case {
+                            name: "",
+                            method,
+                            path,
+                            subject: subject.clone(),
+                            chain,
+                            scopes,
+                            allowed: false,
+                        };
+                        let doc = input(&case);
+                        let vm = p.evaluate(doc.clone()).expect("vm");
+                        let interpreter = p.evaluate_interpreter(doc).expect("interpreter");
+                        assert_eq!(
+                            vm, interpreter,
+                            "{method} {path:?} {subject} {chain:?} {scopes:?}"
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 225);
+    }
+
+    #[test]
     fn allow_carries_grant_and_missing_scope_is_reported() {
         let p = policies();
         let case = |scopes| Case {
