@@ -160,7 +160,9 @@ fn benches(c: &mut Criterion) {
     let paths = &snapshot.policies.reads().input_paths;
     let input = CheckInput::try_from(&req).expect("input");
     c.bench_function("decision_cache/key", |b| {
-        b.iter(|| onbehalf::cache::DecisionCache::key(1, paths, black_box(&input), &auth))
+        b.iter(|| {
+            onbehalf::cache::DecisionCache::key(1, paths, black_box(&input), &auth, &mut None)
+        })
     });
 
     let mut check = c.benchmark_group("check_in_process");

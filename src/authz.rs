@@ -132,8 +132,17 @@ impl Authorizer {
             .decisions
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
-        let key =
-            cache.map(|_| DecisionCache::key(snapshot.generation, &reads.input_paths, input, auth));
+        // Token parts built for the key are reused by the evaluation on a miss.
+        let mut parts = None;
+        let key = cache.map(|_| {
+            DecisionCache::key(
+                snapshot.generation,
+                &reads.input_paths,
+                input,
+                auth,
+                &mut parts,
+            )
+        });
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
@@ -143,7 +152,7 @@ impl Authorizer {
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
         }
-        let document = input.document(auth);
+        let document = input.document_with(parts.unwrap_or_else(|| auth.parts()));
         let (decision, result) = match policies.evaluate(document.clone()) {
             Err(e @ PolicyError::Timeout { .. }) => {
                 tracing::warn!(error = %e, "Policy evaluation timed out; denying");

@@ -206,10 +206,11 @@ impl DecisionCache {
         paths: &[Vec<Segment>],
         input: &CheckInput<'_>,
         auth: &Authenticated,
+        parts: &mut Option<TokenParts>,
     ) -> Digest {
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(&generation.to_be_bytes());
-        ctx.update(&auth.key_part(generation, paths));
+        ctx.update(&auth.key_part(generation, paths, parts));
         let mut buf = Vec::with_capacity(256);
         for path in paths.iter().filter(|p| !is_token_path(p)) {
             buf.clear();

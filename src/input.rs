@@ -121,13 +121,17 @@ impl CheckInput<'_> {
 
     /// The Rego input document for this request and its verified token.
     pub fn document(&self, auth: &Authenticated) -> Value {
+        self.document_with(auth.parts())
+    }
+
+    /// The Rego input document, with the token's parts already built.
+    pub fn document_with(&self, parts: TokenParts) -> Value {
         let mut doc = BTreeMap::new();
         for key in REQUEST_KEYS {
             if let Some(v) = self.request_part(key) {
                 put(&mut doc, key, v.into_owned());
             }
         }
-        let parts = auth.parts();
         put(&mut doc, "subject", parts.subject);
         put(&mut doc, "actor", parts.actor);
         put(&mut doc, "delegation", parts.delegation);

@@ -354,12 +354,7 @@ async fn not_ready_until_keys_load_and_health_follows() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(serving, "gRPC health turns SERVING once ready");
-    let metrics = reqwest::get(format!("http://{}/metrics", s.running.admin_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"unavailable\"} 1"),
         "{metrics}"

@@ -261,12 +261,7 @@ async fn http_bundle_server_lifecycle() {
         answered_by(&s.check_token("GET", "/flights", &t).await),
         "deny:r2"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", s.running.admin_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("onbehalf_policy_last_load_ok 0"),
         "{metrics}"
@@ -553,12 +548,7 @@ async fn runaway_evaluation_is_cut_off_and_denied() {
     assert_eq!(fast.status, 200);
     let slow = slow.await.expect("slow request");
     assert_eq!(slow.status, 403, "{}", slow.body);
-    let metrics = reqwest::get(format!("http://{}/metrics", s.running.admin_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"eval_timeout\"} 1"),
         "{metrics}"

@@ -126,18 +126,21 @@ impl Authenticated {
     }
 
     /// The token-derived share of a decision-cache key for policy `generation`, which reads
-    /// `paths`.
+    /// `paths`. When it has to build the token's document parts, it leaves them in `parts`
+    /// for the evaluation that follows a miss.
     pub fn key_part(
         &self,
         generation: u64,
         paths: &[Vec<crate::policy::analysis::Segment>],
+        parts: &mut Option<crate::input::TokenParts>,
     ) -> crate::cache::Digest {
         if let Some(cached) = self.key_part.load().as_ref()
             && cached.0 == generation
         {
             return cached.1;
         }
-        let digest = crate::cache::token_part_digest(&self.parts(), paths);
+        let built = parts.get_or_insert_with(|| self.parts());
+        let digest = crate::cache::token_part_digest(built, paths);
         self.key_part.store(Some(Arc::new((generation, digest))));
         digest
     }

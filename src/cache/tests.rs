@@ -45,7 +45,7 @@ fn decision_keys_cover_exactly_the_paths_read() {
     ];
     let key = |req: &CheckRequest, a: &Authenticated, generation: u64| {
         let input = CheckInput::try_from(req).expect("input");
-        DecisionCache::key(generation, &paths, &input, a)
+        DecisionCache::key(generation, &paths, &input, a, &mut None)
     };
     let alice = auth("alice", &["read"]);
     let bob_same_scopes = auth("bob", &["read"]);
@@ -77,12 +77,12 @@ fn decision_keys_cover_exactly_the_paths_read() {
     let other = request("GET", "/x/y", &[("x-noise", "2")]);
     let other_input = CheckInput::try_from(&other).expect("input");
     assert_ne!(
-        DecisionCache::key(1, &whole, &input, &alice),
-        DecisionCache::key(1, &whole, &other_input, &alice)
+        DecisionCache::key(1, &whole, &input, &alice, &mut None),
+        DecisionCache::key(1, &whole, &other_input, &alice, &mut None)
     );
     assert_ne!(
-        DecisionCache::key(1, &whole, &input, &alice),
-        DecisionCache::key(1, &whole, &input, &bob_same_scopes)
+        DecisionCache::key(1, &whole, &input, &alice, &mut None),
+        DecisionCache::key(1, &whole, &input, &bob_same_scopes, &mut None)
     );
 }
 

@@ -237,6 +237,16 @@ impl Sidecar {
         panic!("onbehalf did not become ready");
     }
 
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.running.admin_addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub async fn check(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut client = self.client.clone();
         let resp = client
