@@ -35,8 +35,10 @@ echo 'wrk.method = "POST"' > "$out/post.lua"
 token=$("$venv/bin/python" deploy/demo/mint_token.py --sub alice --claim employee=true \
         --act travel-agent --scope book_flight --ttl 3600 \
         --iss https://idp.bench --key tests/fixtures/rsa-1.pem --kid rsa-1)
-target/release/onbehalf serve --config benches/bench.yaml 2>/dev/null & ob=$!
-target/release/onbehalf-load noop --listen 127.0.0.1:9292 2>/dev/null & noop=$!
+# One Envoy worker opens one ext_authz connection, which one serving thread answers: both
+# servers get one.
+ONBEHALF_SERVER__WORKER_THREADS=1 target/release/onbehalf serve --config benches/bench.yaml 2>/dev/null & ob=$!
+target/release/onbehalf-load noop --listen 127.0.0.1:9292 --threads 1 2>/dev/null & noop=$!
 for _ in $(seq 1 100); do curl -sf localhost:8181/readyz >/dev/null && break; sleep 0.05; done
 
 run() {  # name config

@@ -139,7 +139,10 @@ fn benches(c: &mut Criterion) {
     verify.finish();
 
     let req = request(&t);
-    let auth = rt.block_on(uncached.verifier().verify(&t)).expect("valid");
+    let auth = rt
+        .block_on(uncached.verifier().verify(&t))
+        .expect("valid")
+        .auth;
     c.bench_function("input/build", |b| {
         b.iter(|| {
             let input = CheckInput::try_from(black_box(&req)).expect("input");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Load benchmarks, all in one run so the figures compare: the no-op ext_authz server (the
-# ceiling on this machine), then onbehalf with the hot and cold corpora, start-up time to
-# /readyz, peak memory, and memory under a one-minute flood of unique tokens.
+# Load benchmarks, all in one run so the figures compare: start-up time to /readyz; for one
+# and for two serving threads, the no-op ext_authz server (the ceiling on this machine) and
+# onbehalf with the hot and cold corpora, and peak memory; then memory under a one-minute
+# flood of unique tokens.
 #
 #   benches/run.sh            # writes target/bench/*.json and prints a summary
 #
@@ -14,6 +15,7 @@ COLD_REQUESTS=${COLD_REQUESTS:-100000}
 FLOOD_SECONDS=${FLOOD_SECONDS:-60}
 out=target/bench
 mkdir -p "$out"
+rm -f "$out"/*.json
 
 cargo build --release --locked --bins
 bin=target/release/onbehalf
@@ -23,14 +25,7 @@ wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
-# 1. The ceiling: a server that answers OK without work.
-$load noop --listen 127.0.0.1:9292 2>/dev/null & noop=$!
-wait_port 9292
-$load run --target 127.0.0.1:9292 --corpus hot --duration "$DURATION" --requests 5000000 \
-  --expect false --label noop-hot | tail -1 > "$out/noop-hot.json"
-kill $noop; wait $noop 2>/dev/null || true
-
-# 2. onbehalf: start-up time to /readyz (from the exec, measured by python).
+# 1. Start-up time to /readyz (from the exec, measured by python).
 python3 - "$bin" > "$out/startup.json" <<'PY'
 import json, subprocess, sys, time, urllib.request
 runs = []
@@ -49,16 +44,31 @@ for _ in range(5):
 print(json.dumps({"label": "startup-to-readyz", "runs_ms": runs, "max_ms": max(runs)}))
 PY
 
+# 2. For one serving thread (the load tool has the other core to itself) and for two (one per
+#    core, the default here, shared with the load tool): the ceiling, a server answering OK
+#    without work on as many threads, then onbehalf with the hot and the cold corpus. The cold
+#    run fills the caches (100,000 new tokens and decisions), so peak memory is read after it.
+for t in 1 2; do
+  $load noop --listen 127.0.0.1:9292 --threads $t 2>/dev/null & noop=$!
+  wait_port 9292
+  $load run --target 127.0.0.1:9292 --corpus hot --duration "$DURATION" --requests 5000000 \
+    --expect false --label "noop-hot-$t" | tail -1 > "$out/noop-hot-$t.json"
+  kill $noop; wait $noop 2>/dev/null || true
+
+  ONBEHALF_SERVER__WORKER_THREADS=$t $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
+  wait_port 9191
+  $load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
+    --label "onbehalf-hot-$t" | tail -1 > "$out/onbehalf-hot-$t.json"
+  $load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COLD_REQUESTS" \
+    --label "onbehalf-cold-$t" | tail -1 > "$out/onbehalf-cold-$t.json"
+  echo "{\"label\": \"memory-after-cold-$t\", \"rss_kib\": $(rss_kib $ob), \"peak_rss_kib\": $(hwm_kib $ob)}" > "$out/memory-$t.json"
+  kill $ob; wait $ob 2>/dev/null || true
+done
+
+# 3. A flood of unique tokens for a minute on the default threads: 120,000 tokens (12x the
+#    token cache) cycled, RSS sampled every 5 s must level off (bounded caches).
 $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
 wait_port 9191
-$load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
-  --label onbehalf-hot | tail -1 > "$out/onbehalf-hot.json"
-$load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COLD_REQUESTS" \
-  --label onbehalf-cold | tail -1 > "$out/onbehalf-cold.json"
-echo "{\"label\": \"memory-after-cold\", \"rss_kib\": $(rss_kib $ob), \"peak_rss_kib\": $(hwm_kib $ob)}" > "$out/memory.json"
-
-# 3. A flood of unique tokens for a minute: 120,000 tokens (12x the token cache) cycled, RSS
-#    sampled every 5 s must level off (bounded caches).
 samples=()
 $load run --target 127.0.0.1:9191 --corpus cold --duration "${FLOOD_SECONDS}s" --requests 100000000 \
   --corpus-size 120000 --warmup 0 --label flood > "$out/flood.log" 2>&1 &
@@ -74,13 +84,18 @@ python3 - "$out" <<'PY'
 import json, pathlib, sys
 d = pathlib.Path(sys.argv[1])
 j = {p.stem: json.loads(p.read_text()) for p in d.glob("*.json")}
-noop, hot, cold = j["noop-hot"], j["onbehalf-hot"], j["onbehalf-cold"]
-print(f"noop  hot : {noop['throughput_rps']:8.0f} req/s  p99 {noop['p99_us']} us")
-print(f"onbeh hot : {hot['throughput_rps']:8.0f} req/s  p99 {hot['p99_us']} us   "
-      f"throughput {hot['throughput_rps']/noop['throughput_rps']:.2f}x  p99 {hot['p99_us']/noop['p99_us']:.2f}x")
-print(f"onbeh cold: {cold['throughput_rps']:8.0f} req/s  p99 {cold['p99_us']} us   "
-      f"throughput {cold['throughput_rps']/noop['throughput_rps']:.2f}x")
+ceiling = max(j[f"noop-hot-{t}"]["throughput_rps"] for t in (1, 2))
+for t in (1, 2):
+    noop, hot, cold = j[f"noop-hot-{t}"], j[f"onbehalf-hot-{t}"], j[f"onbehalf-cold-{t}"]
+    print(f"{t} thread(s)")
+    print(f"  noop  hot : {noop['throughput_rps']:8.0f} req/s  p99 {noop['p99_us']} us")
+    print(f"  onbeh hot : {hot['throughput_rps']:8.0f} req/s  p99 {hot['p99_us']} us   "
+          f"throughput {hot['throughput_rps']/noop['throughput_rps']:.2f}x  p99 {hot['p99_us']/noop['p99_us']:.2f}x")
+    print(f"  onbeh cold: {cold['throughput_rps']:8.0f} req/s  p99 {cold['p99_us']} us   "
+          f"throughput {cold['throughput_rps']/noop['throughput_rps']:.2f}x "
+          f"({cold['throughput_rps']/ceiling:.2f}x the best no-op)")
+    print(f"  peak RSS after cold ({cold['requests']} unique tokens): "
+          f"{j[f'memory-{t}']['peak_rss_kib']/1024:.1f} MiB")
 print(f"startup to /readyz: max {j['startup']['max_ms']:.1f} ms over {len(j['startup']['runs_ms'])} runs")
-print(f"peak RSS after cold ({cold['requests']} unique tokens): {j['memory']['peak_rss_kib']/1024:.1f} MiB")
 print(f"flood RSS samples (MiB): {[round(s/1024,1) for s in j['flood']['samples']]}")
 PY

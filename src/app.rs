@@ -22,6 +22,20 @@ use crate::policy::bundle::SigningKey;
 use crate::policy::source::PolicySource;
 use crate::policy::store::Signing;
 
+/// The connections of a gRPC listener. Checks are small messages on long-lived HTTP/2
+/// connections: Nagle's algorithm would hold responses back waiting for more bytes.
+pub fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "Cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// gRPC service name as health checks ask for it.
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -162,36 +176,32 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .context("admin server failed")
     });
 
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(
-            authorizer.clone(),
-        )));
-    let mut grpc_stop = shutdown_rx.clone();
-    let stop_signal = async move {
-        let _ = grpc_stop.wait_for(|s| *s).await;
+    // Each serving thread gets its own router over the one shared authorizer.
+    let make_router = {
+        let authorizer = authorizer.clone();
+        move || {
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .add_service(AuthorizationServer::new(AuthzService::new(
+                    authorizer.clone(),
+                )))
+        }
     };
+    let workers = crate::workers::count(config.server.worker_threads);
+    let grpc_stop = shutdown_rx.clone();
     let (grpc_addr, grpc_task) = match &config.server.grpc_addr {
         ListenAddr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("server.grpc_addr: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
-            // Checks are small messages on a long-lived HTTP/2 connection: Nagle's algorithm
-            // would hold responses back waiting for more bytes.
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|stream| {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "Cannot set TCP_NODELAY");
-                    }
-                })
-            });
-            let task = tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop_signal)
-                    .await
-                    .context("gRPC server failed")
-            });
+            let incoming = tcp_incoming(listener);
+            let task = tokio::spawn(crate::workers::serve(
+                workers,
+                incoming,
+                make_router,
+                grpc_stop,
+            ));
             (ListenAddr::Tcp(bound), task)
         }
         ListenAddr::Unix(path) => {
@@ -208,18 +218,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 format!("server.grpc_addr: cannot listen on unix:{}", path.display())
             })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let task = tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop_signal)
-                    .await
-                    .context("gRPC server failed")
-            });
+            let task = tokio::spawn(crate::workers::serve(
+                workers,
+                incoming,
+                make_router,
+                grpc_stop,
+            ));
             (ListenAddr::Unix(path.clone()), task)
         }
     };
     tracing::info!(
         grpc.addr = %grpc_addr,
         admin.addr = %admin_addr,
+        grpc.workers = workers,
         "Serving ext_authz"
     );
     Ok(Running {

@@ -9,7 +9,7 @@ use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::cache::DecisionCache;
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Decision, DenyReason};
-use crate::input::CheckInput;
+use crate::input::{CheckInput, TokenParts};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
 use crate::telemetry::Metrics;
 
@@ -98,13 +98,13 @@ impl Authorizer {
         };
         let policies = &snapshot.policies;
 
-        let auth = match self.authenticate(input).await {
-            Ok(auth) => auth,
+        let authn::Verified { auth, parts } = match self.authenticate(input).await {
+            Ok(verified) => verified,
             Err(AuthnError::KeysUnavailable) => return self.denied(DenyReason::Unavailable),
             Err(e) => return self.denied(DenyReason::Unauthenticated(e)),
         };
 
-        let (decision, document, result) = self.evaluate(&snapshot, input, &auth);
+        let (decision, document, result) = self.evaluate(&snapshot, input, &auth, parts);
         Outcome {
             identity: self.identity(&auth),
             subject: Some(auth.subject.clone()),
@@ -119,12 +119,14 @@ impl Authorizer {
 
     /// The policy's decision: from the decision cache when the policy allows it and an entry
     /// exists, else evaluated (and cached unless evaluation failed). Returns the decision, the
-    /// input document when it was built, and the policy's result.
+    /// input document when it was built, and the policy's result. `parts` are the token's
+    /// document parts when verification just built them.
     fn evaluate(
         &self,
         snapshot: &PolicySnapshot,
         input: &CheckInput<'_>,
         auth: &Authenticated,
+        mut parts: Option<TokenParts>,
     ) -> (Arc<Decision>, Option<Value>, Option<Value>) {
         let policies = &snapshot.policies;
         let reads = policies.reads();
@@ -133,7 +135,6 @@ impl Authorizer {
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
         // Token parts built for the key are reused by the evaluation on a miss.
-        let mut parts = None;
         let key = cache.map(|_| {
             DecisionCache::key(
                 snapshot.generation,
@@ -176,12 +177,12 @@ impl Authorizer {
             },
         };
         if let (Some(cache), Some(key)) = (cache, key) {
-            cache.insert(key, decision.clone(), &result, auth.token.expires_at);
+            cache.insert(key, decision.clone(), &result, auth.expires_at);
         }
         (decision, Some(document), Some(result))
     }
 
-    async fn authenticate(&self, input: &CheckInput<'_>) -> Result<Arc<Authenticated>, AuthnError> {
+    async fn authenticate(&self, input: &CheckInput<'_>) -> Result<authn::Verified, AuthnError> {
         let token = authn::extract_bearer(input.header(&self.token_header))?;
         self.verifier.verify(token).await
     }
@@ -202,11 +203,11 @@ impl Authorizer {
 
     fn identity(&self, auth: &Authenticated) -> Vec<(String, Option<String>)> {
         let names = &self.identity_headers;
-        let [subject, actor, chain] = &auth.identity;
+        let [subject, actor, chain] = auth.identity();
         vec![
-            (names.subject.clone(), subject.clone()),
-            (names.actor.clone(), actor.clone()),
-            (names.chain.clone(), chain.clone()),
+            (names.subject.clone(), subject),
+            (names.actor.clone(), actor),
+            (names.chain.clone(), chain),
         ]
     }
 }

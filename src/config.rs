@@ -78,7 +78,7 @@ pub struct ServerConfig {
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Seconds,
-    /// Threads serving requests; 0 means one per CPU core.
+    /// Threads answering checks, each serving whole connections; 0 means one per CPU core.
     pub worker_threads: usize,
 }
 

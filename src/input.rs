@@ -48,9 +48,9 @@ pub struct CheckInput<'a> {
     truncated_body: bool,
 }
 
-/// The parts of the input document that depend on the token alone, built once per verified
-/// token (and cached with it).
-#[derive(Debug, Clone)]
+/// The parts of the input document that depend on the token alone: built while a token is
+/// verified, and again from its claims when a cached token meets a decision not cached yet.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenParts {
     subject: Value,
     actor: Value,

@@ -24,3 +24,4 @@ pub mod grpc;
 pub mod input;
 pub mod policy;
 pub mod telemetry;
+pub mod workers;

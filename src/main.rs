@@ -98,30 +98,12 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` sizes its runtime from the configuration, so read that first.
-    let mut workers = 0;
-    let cli = match cli.command {
-        Command::Serve { config } => match load_config(config.as_deref()) {
-            Ok(c) => {
-                workers = c.server.worker_threads;
-                Cli {
-                    command: Command::Serve {
-                        config: config.clone(),
-                    },
-                }
-            }
-            Err(e) => {
-                eprintln!("onbehalf: {e:#}");
-                return ExitCode::from(2);
-            }
-        },
-        command => Cli { command },
-    };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // `serve` answers checks on threads of its own (`server.worker_threads`); this runtime
+    // runs the admin server, the reload tasks and the accept loop.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("onbehalf: cannot start the async runtime: {e}");

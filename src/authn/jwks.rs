@@ -56,7 +56,7 @@ pub enum KeySource {
 
 /// One verification key with the validation rules that go with it.
 pub struct VerifyKey {
-    kid: Option<String>,
+    kid: Option<Arc<str>>,
     key: DecodingKey,
     validation: Validation,
     /// SHA-256 of the key material: tells a re-published key from a replaced one.
@@ -72,7 +72,7 @@ pub struct KeySet {
 
 /// One trusted issuer: settings, current keys, and how to refresh them.
 pub struct IssuerKeys {
-    issuer: String,
+    issuer: Arc<str>,
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
@@ -101,6 +101,11 @@ impl VerifyKey {
 
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
+    }
+
+    /// The key id, shared (cached tokens point to it rather than copy it).
+    pub fn kid_name(&self) -> Option<&Arc<str>> {
+        self.kid.as_ref()
     }
 
     pub fn fingerprint(&self) -> &Digest {
@@ -148,7 +153,7 @@ impl KeySet {
                     let key = Arc::new(key);
                     match key.kid.clone() {
                         Some(kid) => {
-                            set.by_kid.insert(kid, key);
+                            set.by_kid.insert(kid.to_string(), key);
                         }
                         None => set.without_kid.push(key),
                     }
@@ -247,7 +252,7 @@ impl IssuerKeys {
             .user_agent(concat!("onbehalf/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(IssuerKeys {
-            issuer: config.issuer.clone(),
+            issuer: config.issuer.as_str().into(),
             audiences: config.audiences.clone(),
             algorithms: config
                 .algorithms
@@ -267,6 +272,11 @@ impl IssuerKeys {
     }
 
     pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The issuer, shared (verified tokens point to it rather than copy it).
+    pub fn issuer_name(&self) -> &Arc<str> {
         &self.issuer
     }
 
@@ -489,7 +499,7 @@ impl IssuerKeys {
         validation.validate_nbf = true;
         validation.leeway = self.leeway.as_secs();
         Some(VerifyKey {
-            kid: jwk.common.key_id.clone(),
+            kid: jwk.common.key_id.as_deref().map(Arc::from),
             key,
             validation,
             fingerprint,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
 
 use crate::cache::{TokenCache, token_digest};
 use crate::config::AuthnConfig;
@@ -52,18 +51,23 @@ pub enum AuthnError {
     KeysUnavailable,
 }
 
-/// A token that verified, decoded into the parts the policy sees. Kept compact: it lives in
-/// the token cache, so the claims are held once, as the policy's values.
+/// A token that verified, decoded into what every request needs. Kept compact: it lives in
+/// the token cache (10,000 of them by default), so the claims are held once, as the JSON the
+/// issuer signed, and what only the policy reads is rebuilt from it when needed.
 #[derive(Debug)]
 pub struct Authenticated {
-    /// `sub` of the subject, then of each actor, current first.
+    /// `sub` of the subject.
     pub subject: Arc<str>,
-    pub chain: Vec<Arc<str>>,
-    /// The identity header values, escaped once: subject, actor, chain.
-    pub identity: [Option<String>; 3],
-    pub token: TokenInfo,
-    /// The verified claims as compact JSON: the input document's token-derived parts are
-    /// rebuilt from it when a decision is evaluated, so a cached token stays small.
+    /// `sub` of each actor, current first.
+    pub chain: Box<[Arc<str>]>,
+    /// The issuer (shared with its keys, not copied per token).
+    pub issuer: Arc<str>,
+    /// `exp`, seconds since the epoch: no cache entry made for this token outlives it.
+    pub expires_at: Option<i64>,
+    /// The JOSE header's `typ`.
+    kind: Option<Box<str>>,
+    /// The verified claims as the issuer signed them (JSON): the input document's
+    /// token-derived parts are rebuilt from it when a cached token meets a new decision.
     claims: Box<str>,
     /// Digest of what the current policy reads of `parts`, by policy generation: the
     /// token-derived share of a decision-cache key, computed once per token and policy.
@@ -80,36 +84,55 @@ impl Authenticated {
         kind: Option<String>,
         max_depth: usize,
     ) -> Result<Authenticated, AuthnError> {
+        let json = serde_json::to_string(claims).unwrap_or_default();
+        let issuer = match claims.get("iss") {
+            Some(serde_json::Value::String(iss)) => Arc::from(iss.as_str()),
+            _ => return Err(AuthnError::MissingClaim("iss")),
+        };
+        Authenticated::decode(claims, json.into_boxed_str(), issuer, kind, max_depth)
+            .map(|(auth, _)| auth)
+    }
+
+    /// Decodes verified claims (`json`, as signed, and its parse `claims`, whose `iss` is
+    /// `issuer`) and builds the token's document parts from them while they are at hand.
+    fn decode(
+        claims: &serde_json::Map<String, serde_json::Value>,
+        json: Box<str>,
+        issuer: Arc<str>,
+        kind: Option<String>,
+        max_depth: usize,
+    ) -> Result<(Authenticated, crate::input::TokenParts), AuthnError> {
         let delegation = chain::decode(claims, max_depth)?;
         let token = TokenInfo::from_claims(claims, kind)?;
-        let chain: Vec<Arc<str>> = delegation.chain.iter().map(|p| p.id.clone()).collect();
-        let escaped_chain = chain
-            .iter()
-            .map(|id| escape_header(id))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Authenticated {
-            identity: [
-                Some(escape_header(&delegation.subject.id)),
-                chain.first().map(|id| escape_header(id)),
-                (!escaped_chain.is_empty()).then_some(escaped_chain),
-            ],
+        let parts = crate::input::TokenParts::build(&delegation, &token);
+        let chain: Box<[Arc<str>]> = delegation.chain.iter().map(|p| p.id.clone()).collect();
+        let auth = Authenticated {
             subject: delegation.subject.id,
             chain,
-            token,
-            claims: serde_json::to_string(claims)
-                .unwrap_or_default()
-                .into_boxed_str(),
+            issuer,
+            expires_at: token.expires_at,
+            kind: token.kind.map(String::into_boxed_str),
+            claims: json,
             key_part: arc_swap::ArcSwapOption::empty(),
-        })
+        };
+        Ok((auth, parts))
+    }
+
+    /// The verified claims, parsed again.
+    fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&self.claims).unwrap_or_default()
+    }
+
+    /// Facts about the token (`input.token`), decoded again from its claims.
+    pub fn token_info(&self) -> Result<TokenInfo, AuthnError> {
+        TokenInfo::from_claims(&self.claims(), self.kind.as_deref().map(str::to_string))
     }
 
     /// The token-derived parts of the input document (`subject`, `actor`, `delegation`,
     /// `token`).
     pub fn parts(&self) -> crate::input::TokenParts {
-        let claims: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&self.claims).unwrap_or_default();
-        // The claims decoded once already, within the depth limit.
+        let claims = self.claims();
+        // The claims decoded once already, within the depth limit: neither step can fail.
         let delegation = chain::decode(&claims, usize::MAX).unwrap_or_else(|_| Delegation {
             subject: Party {
                 id: self.subject.clone(),
@@ -117,7 +140,34 @@ impl Authenticated {
             },
             chain: Vec::new(),
         });
-        crate::input::TokenParts::build(&delegation, &self.token)
+        let kind = self.kind.as_deref().map(str::to_string);
+        let token = TokenInfo::from_claims(&claims, kind.clone()).unwrap_or(TokenInfo {
+            issuer: self.issuer.to_string(),
+            audience: Vec::new(),
+            scopes: Vec::new(),
+            expires_at: self.expires_at,
+            jti: None,
+            kind,
+        });
+        crate::input::TokenParts::build(&delegation, &token)
+    }
+
+    /// The identity header values: subject, current actor, and the whole chain (current
+    /// actor first, comma-separated), each percent-encoded so that no id can forge a second
+    /// chain element or header. Made per request rather than kept in the token cache: the
+    /// response needs its own copies either way.
+    pub fn identity(&self) -> [Option<String>; 3] {
+        let chain = self
+            .chain
+            .iter()
+            .map(|id| escape_header(id))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            Some(escape_header(&self.subject)),
+            self.actor().map(|id| escape_header(id)),
+            (!chain.is_empty()).then_some(chain),
+        ]
     }
 
     /// The current actor's `sub`, or `None` when the subject calls directly.
@@ -154,10 +204,13 @@ pub struct Verifier {
     cache: Option<Arc<TokenCache>>,
 }
 
-/// The unverified `iss`, read only to choose which issuer's keys to verify with.
-#[derive(Deserialize)]
-struct IssuerPeek {
-    iss: Option<String>,
+/// A token that verified.
+#[derive(Debug)]
+pub struct Verified {
+    pub auth: Arc<Authenticated>,
+    /// The token's document parts when it was verified just now (not from the cache): built
+    /// from the claims while they were decoded, for the decision that follows.
+    pub parts: Option<crate::input::TokenParts>,
 }
 
 /// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
@@ -239,66 +292,98 @@ impl Verifier {
 
     /// Verifies signature, issuer, audience, times and algorithm, then decodes the chain. A
     /// token that verified before, whose key is still published, is answered from the cache.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Authenticated>, AuthnError> {
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthnError> {
         // Size first: nothing below runs on an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::TooLarge(self.max_token_bytes));
         }
         let Some(cache) = &self.cache else {
-            return self.verify_uncached(token).await.map(|(auth, _)| auth);
+            return self
+                .verify_uncached(token)
+                .await
+                .map(|(verified, _)| verified);
         };
         let digest = token_digest(token);
         if let Some(hit) = cache.get(&digest)
-            && self.issuers.get(&*hit.issuer).is_some_and(|i| {
+            && self.issuers.get(&*hit.auth.issuer).is_some_and(|i| {
                 i.current()
                     .has_key(hit.kid.as_deref(), &hit.key_fingerprint)
             })
         {
-            return Ok(hit.auth.clone());
+            return Ok(Verified {
+                auth: hit.auth.clone(),
+                parts: None,
+            });
         }
-        let (auth, key) = self.verify_uncached(token).await?;
+        let (verified, key) = self.verify_uncached(token).await?;
         cache.insert(
             digest,
-            auth.clone(),
-            auth.token.issuer.as_str().into(),
-            key.kid().map(str::to_string),
+            verified.auth.clone(),
+            key.kid_name().cloned(),
             *key.fingerprint(),
         );
-        Ok(auth)
+        Ok(verified)
     }
 
+    /// The payload is decoded once: its unverified `iss` picks the issuer's keys, and after
+    /// jsonwebtoken has checked signature and registered claims over these same bytes, the
+    /// parse becomes the verified claims.
     async fn verify_uncached(
         &self,
         token: &str,
-    ) -> Result<(Arc<Authenticated>, Arc<jwks::VerifyKey>), AuthnError> {
+    ) -> Result<(Verified, Arc<jwks::VerifyKey>), AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
-        let issuer = self.peek_issuer(token)?;
+        let (json, claims) = decode_payload(token)?;
+        let issuer = match claims.get("iss") {
+            Some(serde_json::Value::String(iss)) => iss.as_str(),
+            Some(_) => return Err(AuthnError::Malformed),
+            None => return Err(AuthnError::MissingClaim("iss")),
+        };
         let keys = self
             .issuers
-            .get(&issuer)
+            .get(issuer)
             .ok_or(AuthnError::UntrustedIssuer)?;
         if !keys.allows(header.alg) {
             return Err(AuthnError::Algorithm);
         }
         let key = keys.key_for(header.kid.as_deref(), header.alg).await?;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            key.decoding_key(),
-            key.validation(),
-        )
-        .map_err(map_jwt_error)?;
-        let auth = Authenticated::from_claims(&data.claims, header.typ, self.max_depth)?;
-        Ok((Arc::new(auth), key))
+        // The claims are already parsed above: jsonwebtoken only checks them here.
+        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key.decoding_key(), key.validation())
+            .map_err(map_jwt_error)?;
+        let (auth, parts) = Authenticated::decode(
+            &claims,
+            json,
+            keys.issuer_name().clone(),
+            header.typ,
+            self.max_depth,
+        )?;
+        let verified = Verified {
+            auth: Arc::new(auth),
+            parts: Some(parts),
+        };
+        Ok((verified, key))
     }
+}
 
-    fn peek_issuer(&self, token: &str) -> Result<String, AuthnError> {
-        let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| AuthnError::Malformed)?;
-        let peek: IssuerPeek = serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed)?;
-        peek.iss.ok_or(AuthnError::MissingClaim("iss"))
-    }
+/// The JWT's payload as JSON text and parsed (not verified yet).
+fn decode_payload(
+    token: &str,
+) -> Result<(Box<str>, serde_json::Map<String, serde_json::Value>), AuthnError> {
+    let mut segments = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(AuthnError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthnError::Malformed)?;
+    let json = String::from_utf8(bytes).map_err(|_| AuthnError::Malformed)?;
+    let claims = serde_json::from_str(&json).map_err(|_| AuthnError::Malformed)?;
+    Ok((json.into_boxed_str(), claims))
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthnError {

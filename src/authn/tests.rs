@@ -121,13 +121,18 @@ async fn verifies_rs256_es256_and_eddsa() {
     let dir = tempfile::tempdir().expect("tmp");
     let v = verifier(&["rsa-1", "ec-1", "ed-1"], &dir).await;
     for kid in ["rsa-1", "ec-1", "ed-1"] {
-        let auth = v.verify(&sign(kid, &claims())).await.expect(kid);
+        let verified = v.verify(&sign(kid, &claims())).await.expect(kid);
+        let auth = &verified.auth;
         assert_eq!(&*auth.subject, "alice");
         let chain: Vec<&str> = auth.chain.iter().map(|p| &**p).collect();
         assert_eq!(chain, ["agent-a", "orchestrator"]);
-        assert_eq!(auth.token.issuer, ISS);
-        assert_eq!(auth.token.audience, [AUD]);
-        assert_eq!(auth.token.kind.as_deref(), Some("JWT"));
+        assert_eq!(&*auth.issuer, ISS);
+        let token = auth.token_info().expect("token info");
+        assert_eq!(token.issuer, ISS);
+        assert_eq!(token.audience, [AUD]);
+        assert_eq!(token.kind.as_deref(), Some("JWT"));
+        // The parts built while verifying are the parts a cached token rebuilds.
+        assert_eq!(verified.parts, Some(auth.parts()), "{kid}");
     }
 }
 

@@ -41,6 +41,9 @@ enum Command {
     Noop {
         #[arg(long, default_value = "127.0.0.1:9292")]
         listen: SocketAddr,
+        /// Serving threads (0: one per core), as `server.worker_threads` of onbehalf.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Send Check requests from a corpus and report.
     Run(RunArgs),
@@ -109,15 +112,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The no-op server serves on threads of its own, as `onbehalf serve` does.
     let threads = match &cli.command {
         Command::Run(args) => args.threads.max(1),
         Command::Noop { .. } => 1,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("onbehalf-load: {e}");
@@ -125,7 +132,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Noop { listen } => rt.block_on(noop(listen)),
+        Command::Noop { listen, threads } => rt.block_on(noop(listen, threads)),
         Command::Run(args) => rt.block_on(run(args)),
     };
     match result {
@@ -155,20 +162,27 @@ impl Authorization for Noop {
     }
 }
 
-async fn noop(listen: SocketAddr) -> anyhow::Result<()> {
+async fn noop(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("no-op ext_authz server on {}", listener.local_addr()?);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let stop = async {
+    // Accepted and served as onbehalf serves them (TCP_NODELAY, the same serving threads),
+    // so the ceiling compares.
+    let incoming = onbehalf::app::tcp_incoming(listener);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    };
-    tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Noop))
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await?;
-    Ok(())
+        let _ = stop.send(true);
+    });
+    let workers = onbehalf::workers::count(threads);
+    onbehalf::workers::serve(
+        workers,
+        incoming,
+        || tonic::transport::Server::builder().add_service(AuthorizationServer::new(Noop)),
+        stopped,
+    )
+    .await
 }
 
 // === the load generator ===

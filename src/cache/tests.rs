@@ -95,10 +95,85 @@ fn entries_never_outlive_the_token() {
             .as_secs(),
     )
     .expect("fits");
+    let now_ms = u64::try_from(now).expect("after 1970") * 1000;
     let max = Duration::from_secs(60);
-    assert_eq!(ttl_until(Some(now + 3600), max), Some(max));
-    let short = ttl_until(Some(now + 10), max).expect("some");
-    assert!(short <= Duration::from_secs(10) && short >= Duration::from_secs(9));
-    assert_eq!(ttl_until(Some(now - 1), max), None);
-    assert_eq!(ttl_until(None, max), None);
+    // A long-lived token: the TTL bounds the entry.
+    let long = deadline(Some(now + 3600), max).expect("some");
+    assert!(
+        long > now_ms + 59_000 && long <= now_ms + 62_000,
+        "{long} vs {now_ms}"
+    );
+    // A token about to expire: its `exp` bounds the entry.
+    assert_eq!(
+        deadline(Some(now + 10), max),
+        Some((now_ms / 1000 + 10) * 1000)
+    );
+    assert_eq!(deadline(Some(now - 1), max), None);
+    assert_eq!(deadline(None, max), None);
+    // A sub-second TTL still caches, briefly.
+    let brief = deadline(Some(now + 3600), Duration::from_millis(300)).expect("some");
+    assert!(brief <= now_ms + 1_300);
+}
+
+fn settings(ttl: Duration) -> CacheSettings {
+    CacheSettings {
+        enabled: true,
+        max_entries: 100,
+        ttl: crate::config::Seconds(ttl),
+    }
+}
+
+fn in_an_hour() -> i64 {
+    i64::try_from(now_ms() / 1000).expect("fits") + 3600
+}
+
+#[test]
+fn a_decision_past_its_deadline_is_a_miss_and_is_dropped() {
+    let cache = DecisionCache::new(&settings(Duration::from_millis(200)));
+    let key = [7u8; 32];
+    let decision = Arc::new(Decision::deny(crate::decision::DenyReason::Unavailable));
+    cache.insert(
+        key,
+        decision,
+        &regorus::Value::from(false),
+        Some(in_an_hour()),
+    );
+    assert!(cache.get(0, &key).is_some(), "fresh entry");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cache.get(0, &key).is_none(), "past the TTL");
+    cache.run_pending_tasks();
+    assert_eq!(
+        cache.entry_count(),
+        0,
+        "dropped on the read that found it stale"
+    );
+}
+
+#[test]
+fn a_token_past_its_deadline_is_a_miss_and_is_dropped() {
+    let cache = TokenCache::new(&settings(Duration::from_millis(200)));
+    let claims = json!({"sub": "alice", "iss": "i", "aud": "a", "exp": in_an_hour()});
+    let auth =
+        Authenticated::from_claims(claims.as_object().expect("object"), None, 4).expect("valid");
+    let key = token_digest("a token");
+    cache.insert(key, Arc::new(auth), Some("k1".into()), [1u8; 32]);
+    assert!(cache.get(&key).is_some(), "fresh entry");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cache.get(&key).is_none(), "past the TTL");
+    cache.run_pending_tasks();
+    assert_eq!(
+        cache.entry_count(),
+        0,
+        "dropped on the read that found it stale"
+    );
+}
+
+#[test]
+fn digest_keys_hash_by_their_leading_bytes() {
+    use std::hash::BuildHasher as _;
+    let a = [1u8; 32];
+    let mut b = a;
+    b[0] = 2;
+    assert_eq!(DigestState.hash_one(a), DigestState.hash_one(a));
+    assert_ne!(DigestState.hash_one(a), DigestState.hash_one(b));
 }

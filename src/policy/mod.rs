@@ -276,13 +276,18 @@ impl PolicySet {
     }
 }
 
+/// Units of evaluation work (instructions, loop steps) between two reads of the clock: a read
+/// costs about as much as the few dozen steps between, and a runaway policy still stops within
+/// microseconds of its limit.
+const EVAL_TIMER_INTERVAL: std::num::NonZeroU32 = std::num::NonZeroU32::new(64).unwrap();
+
 /// Sets the time limit of every evaluation in this process. regorus checks the clock as it
 /// works, so a runaway policy stops within about the limit and the request is denied.
 pub fn set_eval_timeout(limit: std::time::Duration) {
     use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
     set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
         limit,
-        check_interval: std::num::NonZeroU32::MIN,
+        check_interval: EVAL_TIMER_INTERVAL,
     }));
 }
 
