@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic_health::ServingStatus;
@@ -47,6 +47,38 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
+    /// Why a server ended, sent when it does (asked to or not).
+    exited: mpsc::UnboundedReceiver<String>,
+}
+
+/// Spawns a server's task, which says on `exited` when and why it ended — also when it
+/// panicked.
+fn spawn_server(
+    name: &'static str,
+    server: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    exited: mpsc::UnboundedSender<String>,
+) -> JoinHandle<anyhow::Result<()>> {
+    /// Reports a panic: dropped without a result when the task unwinds.
+    struct Report(&'static str, Option<mpsc::UnboundedSender<String>>);
+    impl Drop for Report {
+        fn drop(&mut self) {
+            if let Some(exited) = self.1.take() {
+                let _ = exited.send(format!("the {} server panicked", self.0));
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let mut report = Report(name, Some(exited));
+        let result = server.await;
+        if let Some(exited) = report.1.take() {
+            let why = match &result {
+                Ok(()) => format!("the {name} server stopped"),
+                Err(e) => format!("the {name} server failed: {e:#}"),
+            };
+            let _ = exited.send(why);
+        }
+        result
+    })
 }
 
 /// Builds the authorizer with no policy active yet and no keys loaded: `start` (or
@@ -167,14 +199,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let admin = crate::admin::router(authorizer.clone());
     let mut admin_stop = shutdown_rx.clone();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("admin server failed")
-    });
+    let (exited_tx, exited) = mpsc::unbounded_channel();
+    let admin_task = spawn_server(
+        "admin",
+        async move {
+            axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("admin server failed")
+        },
+        exited_tx.clone(),
+    );
 
     // Each serving thread gets its own router over the one shared authorizer.
     let make_router = {
@@ -196,12 +233,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("server.grpc_addr: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
             let incoming = tcp_incoming(listener);
-            let task = tokio::spawn(crate::workers::serve(
-                workers,
-                incoming,
-                make_router,
-                grpc_stop,
-            ));
+            let task = spawn_server(
+                "gRPC",
+                crate::workers::serve(workers, incoming, make_router, grpc_stop),
+                exited_tx,
+            );
             (ListenAddr::Tcp(bound), task)
         }
         ListenAddr::Unix(path) => {
@@ -218,12 +254,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 format!("server.grpc_addr: cannot listen on unix:{}", path.display())
             })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let task = tokio::spawn(crate::workers::serve(
-                workers,
-                incoming,
-                make_router,
-                grpc_stop,
-            ));
+            let task = spawn_server(
+                "gRPC",
+                crate::workers::serve(workers, incoming, make_router, grpc_stop),
+                exited_tx,
+            );
             (ListenAddr::Unix(path.clone()), task)
         }
     };
@@ -240,13 +275,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         shutdown,
         tasks: vec![grpc_task, admin_task],
         background,
+        exited,
     })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains for at most `server.shutdown_grace`.
+/// A server that ends on its own stops the process with an error, so that the orchestrator
+/// restarts it rather than leave it half serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let running = start(&config).await?;
-    wait_for_signal().await;
+    let mut running = start(&config).await?;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        why = running.ended() => {
+            tracing::error!(reason = %why, "A server ended unasked; stopping");
+            let _ = running.stop(config.server.shutdown_grace.0).await;
+            anyhow::bail!("{why}");
+        }
+    }
     tracing::info!("Shutting down; draining in-flight requests");
     running.stop(config.server.shutdown_grace.0).await
 }
@@ -254,6 +299,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 // === impl Running ===
 
 impl Running {
+    /// Waits until a server ends, and says which and why.
+    pub async fn ended(&mut self) -> String {
+        match self.exited.recv().await {
+            Some(why) => why,
+            // Every server task is gone without a word: cannot happen (each reports).
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish within `grace`, and returns.
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
@@ -357,3 +411,6 @@ async fn wait_for_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests;

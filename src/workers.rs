@@ -88,13 +88,9 @@ where
         };
         match conn.map(|c| c.and_then(S::into_std)) {
             Some(Ok(conn)) => {
-                if queues.get(next).is_none_or(|q| q.send(conn).is_err()) {
-                    tracing::error!(
-                        worker = next,
-                        "A gRPC worker has stopped; dropping its connection"
-                    );
+                if hand_out(&queues, &mut next, conn).is_err() {
+                    anyhow::bail!("every gRPC worker thread has ended");
                 }
-                next = (next + 1) % queues.len();
             }
             Some(Err(e)) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
@@ -115,6 +111,27 @@ where
         }
     }
     result
+}
+
+/// Gives `conn` to the worker after the last one used; one whose thread has ended is passed
+/// over. Gives it back when every worker has ended.
+fn hand_out<C>(queues: &[mpsc::UnboundedSender<C>], next: &mut usize, conn: C) -> Result<(), C> {
+    let mut conn = conn;
+    for _ in 0..queues.len() {
+        let worker = *next;
+        *next = (worker + 1) % queues.len();
+        let Some(queue) = queues.get(worker) else {
+            break;
+        };
+        match queue.send(conn) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::SendError(back)) => {
+                tracing::error!(worker, "A gRPC worker thread has ended; passing it over");
+                conn = back;
+            }
+        }
+    }
+    Err(conn)
 }
 
 /// One serving thread: a current-thread runtime serving the connections it is handed.

@@ -75,3 +75,25 @@ fn zero_means_one_worker_per_core() {
     assert!(count(0) >= 1);
     assert_eq!(count(3), 3);
 }
+
+#[test]
+fn a_worker_that_has_ended_is_passed_over() {
+    let (a, mut a_rx) = mpsc::unbounded_channel();
+    let (b, b_rx) = mpsc::unbounded_channel();
+    let (c, mut c_rx) = mpsc::unbounded_channel();
+    let queues = [a, b, c];
+    let mut next = 0;
+    assert_eq!(hand_out(&queues, &mut next, 1), Ok(()));
+    drop(b_rx);
+    // Worker 1 has ended: its turn goes to worker 2, then back to 0.
+    assert_eq!(hand_out(&queues, &mut next, 2), Ok(()));
+    assert_eq!(hand_out(&queues, &mut next, 3), Ok(()));
+    assert_eq!((a_rx.try_recv(), a_rx.try_recv()), (Ok(1), Ok(3)));
+    assert_eq!(c_rx.try_recv(), Ok(2));
+    drop((a_rx, c_rx));
+    assert_eq!(
+        hand_out(&queues, &mut next, 4),
+        Err(4),
+        "every worker has ended"
+    );
+}
