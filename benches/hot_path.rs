@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use onbehalf::authz::Authorizer;
 use onbehalf::config::{Config, Source};
@@ -96,35 +95,22 @@ fn token(kid: &str) -> String {
 
 fn request(token: &str) -> CheckRequest {
     let headers = [
-        (":authority", "service-b"),
-        (":method", "POST"),
-        (":path", "/flights/bookings?seat=12A"),
         ("content-type", "application/json"),
         ("user-agent", "agent-sdk/1.0"),
         ("x-request-id", "3f1c0a8e-8a6e-4c38-9b0e-6d1f2f7a9c11"),
     ];
-    let mut map: std::collections::HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    map.insert("authorization".into(), format!("Bearer {token}"));
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    id: "1".into(),
-                    method: "POST".into(),
-                    path: "/flights/bookings?seat=12A".into(),
-                    host: "service-b".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers: map,
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
+    onbehalf::check::RequestSpec {
+        method: "POST".into(),
+        path: "/flights/bookings?seat=12A".into(),
+        host: Some("service-b".into()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        token: Some(token.into()),
+        body: None,
     }
+    .to_check_request("authorization")
 }
 
 fn authorizer(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, caches: bool) -> Authorizer {

@@ -87,11 +87,12 @@ impl Metrics {
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, ready: bool, policy: &PolicyStatus) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP onbehalf_decisions_total Check decisions by outcome and reason."
+        family(
+            &mut out,
+            "onbehalf_decisions_total",
+            "counter",
+            "Check decisions by outcome and reason.",
         );
-        let _ = writeln!(out, "# TYPE onbehalf_decisions_total counter");
         let _ = writeln!(
             out,
             "onbehalf_decisions_total{{decision=\"allow\",reason=\"policy\"}} {}",
@@ -104,18 +105,20 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP onbehalf_ready 1 once the policy and every issuer's keys have loaded."
+        family(
+            &mut out,
+            "onbehalf_ready",
+            "gauge",
+            "1 once the policy and every issuer's keys have loaded.",
         );
-        let _ = writeln!(out, "# TYPE onbehalf_ready gauge");
         let _ = writeln!(out, "onbehalf_ready {}", u8::from(ready));
         let (hits, misses, uncacheable) = self.decision_cache();
-        let _ = writeln!(
-            out,
-            "# HELP onbehalf_decision_cache_total Decision cache lookups by result: hit, miss (not cached yet), uncacheable (the policy reads time or randomness)."
+        family(
+            &mut out,
+            "onbehalf_decision_cache_total",
+            "counter",
+            "Decision cache lookups by result: hit, miss (not cached yet), uncacheable (the policy reads time or randomness).",
         );
-        let _ = writeln!(out, "# TYPE onbehalf_decision_cache_total counter");
         for (result, n) in [
             ("hit", hits),
             ("miss", misses),
@@ -139,23 +142,24 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
+            family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP onbehalf_policy_last_load_ok 1 when the last policy load succeeded, 0 when it failed."
+        family(
+            &mut out,
+            "onbehalf_policy_last_load_ok",
+            "gauge",
+            "1 when the last policy load succeeded, 0 when it failed.",
         );
-        let _ = writeln!(out, "# TYPE onbehalf_policy_last_load_ok gauge");
         let ok = policy.last_error.is_none() && policy.revision.is_some();
         let _ = writeln!(out, "onbehalf_policy_last_load_ok {}", u8::from(ok));
         if let Some(revision) = &policy.revision {
-            let _ = writeln!(
-                out,
-                "# HELP onbehalf_policy_revision_info The active policy revision and generation."
+            family(
+                &mut out,
+                "onbehalf_policy_revision_info",
+                "gauge",
+                "The active policy revision and generation.",
             );
-            let _ = writeln!(out, "# TYPE onbehalf_policy_revision_info gauge");
             let _ = writeln!(
                 out,
                 "onbehalf_policy_revision_info{{revision=\"{}\",generation=\"{}\"}} 1",
@@ -165,6 +169,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Escapes a Prometheus label value.

@@ -157,12 +157,13 @@ impl Authenticated {
     /// chain element or header. Made per request rather than kept in the token cache: the
     /// response needs its own copies either way.
     pub fn identity(&self) -> [Option<String>; 3] {
-        let chain = self
-            .chain
-            .iter()
-            .map(|id| escape_header(id))
-            .collect::<Vec<_>>()
-            .join(",");
+        let mut chain = String::new();
+        for id in &self.chain {
+            if !chain.is_empty() {
+                chain.push(',');
+            }
+            chain.extend(percent_encoding::utf8_percent_encode(id, HEADER_ESCAPE));
+        }
         [
             Some(escape_header(&self.subject)),
             self.actor().map(|id| escape_header(id)),

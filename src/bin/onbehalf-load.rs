@@ -19,7 +19,6 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
 use envoy_types::pb::google::rpc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -187,33 +186,17 @@ async fn noop(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
 
 // === the load generator ===
 
+/// The CheckRequest Envoy would send for an agent's call, built as `onbehalf check` builds it.
 fn request(token: &str, method: &str, path: &str) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    for (k, v) in [
-        (":authority", "service-b"),
-        (":method", method),
-        (":path", path),
-        ("user-agent", "agent-sdk/1.0"),
-    ] {
-        headers.insert(k.to_string(), v.to_string());
+    onbehalf::check::RequestSpec {
+        method: method.into(),
+        path: path.into(),
+        host: Some("service-b".into()),
+        headers: [("user-agent".to_string(), "agent-sdk/1.0".to_string())].into(),
+        token: Some(token.into()),
+        body: None,
     }
-    headers.insert("authorization".into(), format!("Bearer {token}"));
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "service-b".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers,
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    .to_check_request("authorization")
 }
 
 /// Case `i`: four in five allowed (a travel agent booking for an employee), one in five
