@@ -17,6 +17,7 @@ pub fn router(authorizer: Arc<Authorizer>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(authorizer)
 }
 
@@ -55,6 +56,23 @@ async fn metrics(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
+/// The public keys of minted tokens; 404 when minting is off. Verifiers may cache the
+/// document briefly: a rotated-out key stays in it for `mint.max_ttl`.
+async fn jwks(State(authz): State<Arc<Authorizer>>) -> axum::response::Response {
+    match authz.minter() {
+        Some(minter) => (
+            [(header::CACHE_CONTROL, JWKS_CACHE_CONTROL)],
+            Json(minter.keys().jwks()),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "minting is not enabled\n").into_response(),
+    }
+}
+
+/// How long verifiers may keep the JWKS: a new key signs at once, so a verifier that does
+/// not fetch again on an unknown `kid` refuses new tokens for at most this long.
+const JWKS_CACHE_CONTROL: &str = "public, max-age=30";
+
 async fn status(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
     let issuers: Vec<serde_json::Value> = authz
         .verifier()
@@ -67,9 +85,17 @@ async fn status(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
             })
         })
         .collect();
+    // Key ids only: the private key is never shown.
+    let mint = authz.minter().map(|m| {
+        serde_json::json!({
+            "header": m.header(),
+            "kids": m.keys().kids(),
+        })
+    });
     Json(serde_json::json!({
         "ready": authz.is_ready(),
         "policy": authz.policies().status(),
         "issuers": issuers,
+        "mint": mint,
     }))
 }

@@ -2,6 +2,7 @@
 //! and drain on shutdown.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,12 @@ use crate::authz::Authorizer;
 use crate::cache::TokenCache;
 use crate::config::{Config, ListenAddr};
 use crate::grpc::AuthzService;
+use crate::mint::{KeyRing, Minter};
 use crate::policy::PolicyStore;
 use crate::policy::bundle::SigningKey;
 use crate::policy::source::PolicySource;
 use crate::policy::store::Signing;
+use crate::watch::DirWatch;
 
 /// The connections of a gRPC listener. Checks are small messages on long-lived HTTP/2
 /// connections: Nagle's algorithm would hold responses back waiting for more bytes.
@@ -91,7 +94,7 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         let pem = std::fs::read(&key.public_key_file).with_context(|| {
             format!("{}: cannot read {}", what(), key.public_key_file.display())
         })?;
-        let alg = crate::authn::parse_algorithm(&key.algorithm)
+        let alg = crate::jose::parse_algorithm(&key.algorithm)
             .with_context(|| format!("{}: unknown algorithm {}", what(), key.algorithm))?;
         let key = SigningKey::from_pem(&key.id, alg, &pem)
             .map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), key.public_key_file.display()))?;
@@ -120,7 +123,19 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         issuers.push(Arc::new(keys));
     }
     let verifier = Verifier::new(&config.authn, issuers, token_cache);
-    Ok((Authorizer::new(config, verifier, store), source))
+    let minter = match config.mint.enabled {
+        true => Some(Arc::new(Minter::new(&config.mint).map_err(|e| {
+            let file = config
+                .mint
+                .key_file
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
+            anyhow::anyhow!("mint.key_file{file}: {e}")
+        })?)),
+        false => None,
+    };
+    Ok((Authorizer::new(config, verifier, store, minter), source))
 }
 
 /// Loads keys from files (an error stops start-up: the file is configuration).
@@ -178,6 +193,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 shutdown_rx.clone(),
             )));
         }
+    }
+
+    if let Some(minter) = authorizer.minter()
+        && minter.keys().key_file().is_some()
+    {
+        background.push(tokio::spawn(watch_mint_key(
+            minter.keys().clone(),
+            shutdown_rx.clone(),
+        )));
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -361,6 +385,39 @@ async fn refresh_keys(issuer: Arc<IssuerKeys>, mut stop: watch::Receiver<bool>) 
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Watches the directory of `mint.key_file` (a mounted Secret swaps a symlink): a new key
+/// signs at once, the previous one stays published. A file that does not hold a usable key is
+/// logged once and changes nothing.
+async fn watch_mint_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) {
+    let Some(file) = keys.key_file().map(Path::to_path_buf) else {
+        return;
+    };
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut changes = DirWatch::new(&dir, false, "mint.key_file");
+    let mut last_error: Option<String> = None;
+    while changes.changed(&mut stop).await {
+        let ring = keys.clone();
+        match tokio::task::spawn_blocking(move || ring.reload()).await {
+            Ok(Ok(_)) => last_error = None,
+            Ok(Err(e)) => {
+                let message = e.to_string();
+                if last_error.as_ref() != Some(&message) {
+                    tracing::error!(
+                        mint.key_file = %file.display(),
+                        error = %message,
+                        "Cannot load the new minting key; still signing with the current one"
+                    );
+                    last_error = Some(message);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Key reload task failed"),
         }
     }
 }

@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
-use crate::cache::DecisionCache;
+use crate::cache::{DecisionCache, token_digest};
+use crate::config::WithoutGrant;
 use crate::config::{Config, HeaderNames};
-use crate::decision::{Decision, DenyReason};
+use crate::decision::{Allow, Decision, DenyReason};
 use crate::input::{CheckInput, TokenParts};
+use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
 pub struct Authorizer {
@@ -20,6 +22,7 @@ pub struct Authorizer {
     verifier: Verifier,
     policies: Arc<PolicyStore>,
     decisions: Option<DecisionCache>,
+    minter: Option<Arc<Minter>>,
     metrics: Metrics,
     ready: AtomicBool,
 }
@@ -39,12 +42,19 @@ pub struct Outcome {
     pub depth: usize,
     /// Revision of the policy that decided.
     pub revision: Option<Arc<str>>,
+    /// The upstream token minted for an allow.
+    pub minted: Option<Arc<Minted>>,
 }
 
 // === impl Authorizer ===
 
 impl Authorizer {
-    pub fn new(config: &Config, verifier: Verifier, policies: Arc<PolicyStore>) -> Authorizer {
+    pub fn new(
+        config: &Config,
+        verifier: Verifier,
+        policies: Arc<PolicyStore>,
+        minter: Option<Arc<Minter>>,
+    ) -> Authorizer {
         Authorizer {
             token_header: config.authn.header.clone(),
             identity_headers: config.headers.clone(),
@@ -55,6 +65,7 @@ impl Authorizer {
                 .decisions
                 .enabled
                 .then(|| DecisionCache::new(&config.cache.decisions)),
+            minter,
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
         }
@@ -70,6 +81,11 @@ impl Authorizer {
 
     pub fn decision_cache(&self) -> Option<&DecisionCache> {
         self.decisions.as_ref()
+    }
+
+    /// The upstream token minter, when `mint.enabled`.
+    pub fn minter(&self) -> Option<&Arc<Minter>> {
+        self.minter.as_ref()
     }
 
     pub fn policies(&self) -> &Arc<PolicyStore> {
@@ -105,8 +121,33 @@ impl Authorizer {
         };
 
         let (decision, document, result) = self.evaluate(&snapshot, input, &auth, parts);
+        let mut identity = self.identity(&auth);
+        let mut minted = None;
+        // Minting comes last: only an allow gets a token, and only for what it granted.
+        let decision = match (&*decision, &self.minter) {
+            (Decision::Allow(allow), Some(minter)) => {
+                match self.upstream_token(minter, allow, input, &auth, snapshot.generation) {
+                    Ok(Some(token)) => {
+                        identity.push((
+                            minter.header().to_string(),
+                            Some(minter.header_value(&token.token)),
+                        ));
+                        // The delegation token never reaches the upstream.
+                        if minter.header() != self.token_header {
+                            identity.push((self.token_header.clone(), None));
+                        }
+                        minted = Some(token);
+                        decision
+                    }
+                    Ok(None) => decision,
+                    Err(reason) => Arc::new(Decision::deny(reason)),
+                }
+            }
+            _ => decision,
+        };
         Outcome {
-            identity: self.identity(&auth),
+            identity,
+            minted,
             subject: Some(auth.subject.clone()),
             actor: auth.actor().cloned(),
             depth: auth.chain.len(),
@@ -182,6 +223,62 @@ impl Authorizer {
         (decision, Some(document), Some(result))
     }
 
+    /// The minted token for an allow; `Ok(None)` when the result has no grant and
+    /// `mint.without_grant` is `pass`.
+    fn upstream_token(
+        &self,
+        minter: &Minter,
+        allow: &Allow,
+        input: &CheckInput<'_>,
+        auth: &Authenticated,
+        generation: u64,
+    ) -> Result<Option<Arc<Minted>>, DenyReason> {
+        let Some(grant) = &allow.grant else {
+            self.metrics.mint(MintResult::NoGrant);
+            return match minter.without_grant() {
+                WithoutGrant::Pass => Ok(None),
+                WithoutGrant::Deny => {
+                    tracing::warn!(
+                        authz.subject = %auth.subject,
+                        "The policy allowed without a grant and mint.without_grant is deny; denying"
+                    );
+                    Err(DenyReason::NoGrant)
+                }
+            };
+        };
+        let digest = authn::extract_bearer(input.header(&self.token_header))
+            .ok()
+            .map(token_digest);
+        let request = MintRequest {
+            auth,
+            grant,
+            generation,
+            token_digest: digest.as_ref(),
+            request_id: input.header("x-request-id"),
+            method: input.method(),
+            path: input.path(),
+            source: input.source_address(),
+        };
+        match minter.mint(&request) {
+            Ok(minted) => {
+                self.metrics.mint(match minted.reused {
+                    true => MintResult::Reused,
+                    false => MintResult::Signed,
+                });
+                Ok(Some(minted))
+            }
+            Err(MintError::Expiring) => {
+                self.metrics.mint(MintResult::Failed);
+                Err(DenyReason::Unauthenticated(AuthnError::Expired))
+            }
+            Err(e) => {
+                self.metrics.mint(MintResult::Failed);
+                tracing::error!(error = %e, "Minting the upstream token failed; denying");
+                Err(DenyReason::Internal(e.to_string()))
+            }
+        }
+    }
+
     async fn authenticate(&self, input: &CheckInput<'_>) -> Result<authn::Verified, AuthnError> {
         let token = authn::extract_bearer(input.header(&self.token_header))?;
         self.verifier.verify(token).await
@@ -198,6 +295,7 @@ impl Authorizer {
             actor: None,
             depth: 0,
             revision: None,
+            minted: None,
         }
     }
 

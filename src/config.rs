@@ -45,7 +45,65 @@ pub struct Config {
     pub authn: AuthnConfig,
     pub headers: HeaderNames,
     pub cache: CacheConfig,
+    pub mint: MintConfig,
     pub log: LogConfig,
+}
+
+/// Just-in-time upstream tokens: on allow, the upstream gets a short-lived token onbehalf
+/// signs from the policy's `grant`, instead of the delegation token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MintConfig {
+    pub enabled: bool,
+    /// `iss` of minted tokens; required when enabled.
+    pub issuer: String,
+    /// `aud` when the grant names none (a string or a list).
+    #[serde(skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
+    pub audience: Vec<String>,
+    /// Lifetime when the grant names none.
+    pub ttl: Seconds,
+    /// Longest lifetime of any minted token, whatever the grant says.
+    pub max_ttl: Seconds,
+    /// Upstream request header that carries the token: `authorization` carries
+    /// `Bearer <jwt>`, any other name the bare token. Default `authorization`, or `txn-token`
+    /// for the Transaction Token format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// An allow whose result has no `grant`.
+    pub without_grant: WithoutGrant,
+    /// PKCS#8 PEM private key, watched for rotation; an ephemeral key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `kid` of the key; default its RFC 7638 thumbprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub algorithm: String,
+    pub format: MintFormat,
+    /// Reuse a minted JWT for the same token, policy generation and grant while at least
+    /// half of its lifetime remains.
+    pub reuse: bool,
+    /// Most minted tokens kept for reuse.
+    pub reuse_max_entries: u64,
+}
+
+/// What an allow without a `grant` does when minting is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutGrant {
+    /// 403: a token is minted only for what the policy granted, never silently broad.
+    Deny,
+    /// Forward the request unchanged, with no minted token.
+    Pass,
+}
+
+/// The shape of minted tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MintFormat {
+    /// An access token (`typ: JWT`).
+    Jwt,
+    /// An OAuth Transaction Token (`typ: txntoken+jwt`, `tctx`, `rctx`), one per request.
+    TxnToken,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +365,7 @@ impl Config {
             self.policy.dir.as_mut(),
             self.policy.bundle_file.as_mut(),
             self.policy.bearer_token_file.as_mut(),
+            self.mint.key_file.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -386,7 +445,7 @@ impl Config {
             );
         }
         for (i, key) in p.signing.keys.iter().enumerate() {
-            if crate::authn::parse_algorithm(&key.algorithm).is_none() {
+            if crate::jose::parse_algorithm(&key.algorithm).is_none() {
                 bad(
                     format!("policy.signing.keys[{i}].algorithm"),
                     &format!(
@@ -443,11 +502,12 @@ impl Config {
                 bad(key("algorithms"), "list at least one algorithm");
             }
             for alg in &iss.algorithms {
-                if crate::authn::parse_algorithm(alg).is_none() {
+                if crate::jose::parse_algorithm(alg).is_none() {
                     bad(
                         key("algorithms"),
                         &format!(
-                            "`{alg}` is not allowed; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                            "`{alg}` is not allowed; use {}",
+                            crate::jose::VERIFY_ALGORITHMS
                         ),
                     );
                 }
@@ -490,6 +550,7 @@ impl Config {
                 bad(key.into(), "must be a lower-case HTTP header name");
             }
         }
+        self.validate_mint(&mut bad);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad(
                 "log.level".into(),
@@ -499,6 +560,60 @@ impl Config {
         match problems.is_empty() {
             true => Ok(()),
             false => Err(problems),
+        }
+    }
+}
+
+impl Config {
+    fn validate_mint(&self, bad: &mut impl FnMut(String, &str)) {
+        let m = &self.mint;
+        if !m.enabled {
+            return;
+        }
+        if m.issuer.trim().is_empty() {
+            bad(
+                "mint.issuer".into(),
+                "is required when mint.enabled is true",
+            );
+        }
+        if m.audience.iter().any(|a| a.is_empty()) {
+            bad("mint.audience".into(), "must not hold an empty string");
+        }
+        if crate::jose::SignAlgorithm::parse(&m.algorithm).is_none() {
+            bad(
+                "mint.algorithm".into(),
+                &format!(
+                    "`{}` cannot sign; use {}",
+                    m.algorithm,
+                    crate::jose::SIGN_ALGORITHMS
+                ),
+            );
+        }
+        if m.max_ttl.0 < Duration::from_secs(1) {
+            bad("mint.max_ttl".into(), "must be at least 1s");
+        }
+        if m.ttl.0 < Duration::from_secs(1) || m.ttl.0 > m.max_ttl.0 {
+            bad(
+                "mint.ttl".into(),
+                "must be at least 1s and at most mint.max_ttl",
+            );
+        }
+        if let Some(h) = &m.header
+            && !is_header_name(h)
+        {
+            bad(
+                "mint.header".into(),
+                "must be a lower-case HTTP header name",
+            );
+        }
+        if m.key_id.as_deref().is_some_and(str::is_empty) {
+            bad("mint.key_id".into(), "must not be empty");
+        }
+        if m.reuse && m.reuse_max_entries == 0 {
+            bad(
+                "mint.reuse_max_entries".into(),
+                "must be more than 0 (or set reuse: false)",
+            );
         }
     }
 }
@@ -702,6 +817,60 @@ impl PolicyConfig {
             (None, None, Some(url)) => PolicySourceConfig::BundleUrl(url.clone()),
             (None, None, None) => PolicySourceConfig::Dir(PathBuf::from("policies")),
         }
+    }
+}
+
+impl Default for MintConfig {
+    fn default() -> Self {
+        MintConfig {
+            enabled: false,
+            issuer: String::new(),
+            audience: Vec::new(),
+            ttl: Seconds(Duration::from_secs(60)),
+            max_ttl: Seconds(Duration::from_secs(300)),
+            header: None,
+            without_grant: WithoutGrant::Deny,
+            key_file: None,
+            key_id: None,
+            algorithm: "ES256".into(),
+            format: MintFormat::Jwt,
+            reuse: true,
+            reuse_max_entries: 10_000,
+        }
+    }
+}
+
+impl MintConfig {
+    /// The upstream header for minted tokens.
+    pub fn header(&self) -> &str {
+        match (&self.header, self.format) {
+            (Some(h), _) => h,
+            (None, MintFormat::Jwt) => "authorization",
+            (None, MintFormat::TxnToken) => "txn-token",
+        }
+    }
+}
+
+/// A string or a list of strings, read as a list.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v)
     }
 }
 

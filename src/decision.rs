@@ -58,6 +58,9 @@ pub enum DenyReason {
     Internal(String),
     /// 403: evaluation ran past `policy.eval_timeout`; failing closed.
     EvalTimeout,
+    /// 403: the policy allowed without a `grant` while minting, and `mint.without_grant` is
+    /// `deny`.
+    NoGrant,
     /// 503: keys not loaded yet.
     Unavailable,
 }
@@ -80,6 +83,7 @@ impl DenyReason {
             DenyReason::PolicyResult(_) => "policy_result",
             DenyReason::Internal(_) => "internal_error",
             DenyReason::EvalTimeout => "eval_timeout",
+            DenyReason::NoGrant => "no_grant",
             DenyReason::Unavailable => "unavailable",
         }
     }
@@ -111,7 +115,8 @@ impl Decision {
             DenyReason::Policy
             | DenyReason::PolicyResult(_)
             | DenyReason::Internal(_)
-            | DenyReason::EvalTimeout => (
+            | DenyReason::EvalTimeout
+            | DenyReason::NoGrant => (
                 STATUS_FORBIDDEN,
                 json!({"error": "access_denied",
                        "error_description": "the request is not allowed"}),
@@ -191,7 +196,9 @@ impl Decision {
     pub fn to_check_response(&self, identity: &[(String, Option<String>)]) -> CheckResponse {
         match self {
             Decision::Allow(a) => {
-                let is_identity = |name: &str| identity.iter().any(|(n, _)| n == name);
+                // Header names are case-insensitive: `X-Onbehalf-Subject` is the same header.
+                let is_identity =
+                    |name: &str| identity.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
                 let mut headers: Vec<HeaderValueOption> = a
                     .headers
                     .iter()

@@ -103,6 +103,9 @@ fn detail(reason: &DenyReason) -> String {
             m.clone()
         }
         DenyReason::Unauthenticated(e) => e.to_string(),
-        DenyReason::Policy | DenyReason::Unavailable | DenyReason::EvalTimeout => String::new(),
+        DenyReason::Policy
+        | DenyReason::Unavailable
+        | DenyReason::EvalTimeout
+        | DenyReason::NoGrant => String::new(),
     }
 }

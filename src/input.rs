@@ -114,6 +114,25 @@ impl CheckInput<'_> {
         self.headers.get(name).map(String::as_str)
     }
 
+    pub fn method(&self) -> &str {
+        &self.http.method
+    }
+
+    /// The request path without its query string.
+    pub fn path(&self) -> &str {
+        split_target(&self.http.path).0
+    }
+
+    /// The downstream client's IP address, as Envoy saw it.
+    pub fn source_address(&self) -> Option<&str> {
+        use core::address::Address;
+        let address = self.attrs.source.as_ref()?.address.as_ref()?;
+        match address.address.as_ref()? {
+            Address::SocketAddress(s) => Some(s.address.as_str()).filter(|a| !a.is_empty()),
+            _ => None,
+        }
+    }
+
     fn attributes(&self) -> &Value {
         self.attributes
             .get_or_init(|| attributes(self.attrs, &self.headers))

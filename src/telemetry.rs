@@ -8,7 +8,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::policy::store::PolicyStatus;
 
 /// Every label a decision can carry, in the order they are rendered.
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 9] = [
     "bad_request",
     "missing_token",
     "invalid_token",
@@ -16,8 +16,40 @@ const REASONS: [&str; 8] = [
     "policy_result",
     "internal_error",
     "eval_timeout",
+    "no_grant",
     "unavailable",
 ];
+
+/// What became of an allow when minting is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintResult {
+    /// A new token was signed.
+    Signed,
+    /// A token minted for the same decision was reused.
+    Reused,
+    /// The result had no grant.
+    NoGrant,
+    /// Minting failed (the request was denied).
+    Failed,
+}
+
+impl MintResult {
+    const ALL: [MintResult; 4] = [
+        MintResult::Signed,
+        MintResult::Reused,
+        MintResult::NoGrant,
+        MintResult::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            MintResult::Signed => "signed",
+            MintResult::Reused => "reused",
+            MintResult::NoGrant => "no_grant",
+            MintResult::Failed => "failed",
+        }
+    }
+}
 
 /// Decision counters. Lock-free: one relaxed add per request.
 #[derive(Debug, Default)]
@@ -27,6 +59,7 @@ pub struct Metrics {
     decision_hits: AtomicU64,
     decision_misses: AtomicU64,
     decision_uncacheable: AtomicU64,
+    minted: [AtomicU64; MintResult::ALL.len()],
 }
 
 // === impl Metrics ===
@@ -48,6 +81,18 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn mint(&self, result: MintResult) {
+        if let Some(c) = self.minted.get(result as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn minted(&self, result: MintResult) -> u64 {
+        self.minted
+            .get(result as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn decision_cache_hit(&self) {
@@ -127,6 +172,20 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "onbehalf_decision_cache_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "onbehalf_minted_tokens_total",
+            "counter",
+            "Allows with minting on, by result: signed (a new upstream token), reused (one minted for the same decision), no_grant (the result had no grant), failed (denied).",
+        );
+        for result in MintResult::ALL {
+            let _ = writeln!(
+                out,
+                "onbehalf_minted_tokens_total{{result=\"{}\"}} {}",
+                result.label(),
+                self.minted(result)
             );
         }
         let counters = [

@@ -257,7 +257,7 @@ impl IssuerKeys {
             algorithms: config
                 .algorithms
                 .iter()
-                .filter_map(|a| super::parse_algorithm(a))
+                .filter_map(|a| crate::jose::parse_algorithm(a))
                 .collect(),
             leeway: config.leeway.0,
             source,

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use jsonwebtoken::Algorithm;
 
 use crate::cache::{TokenCache, token_digest};
 use crate::config::AuthnConfig;
@@ -118,6 +117,11 @@ impl Authenticated {
         Ok((auth, parts))
     }
 
+    /// The verified claims as the issuer signed them (JSON).
+    pub fn claims_json(&self) -> &str {
+        &self.claims
+    }
+
     /// The verified claims, parsed again.
     fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_str(&self.claims).unwrap_or_default()
@@ -224,23 +228,6 @@ const HEADER_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
 
 fn escape_header(id: &str) -> String {
     percent_encoding::utf8_percent_encode(id, HEADER_ESCAPE).to_string()
-}
-
-/// Parses an algorithm name from configuration. HMAC and `none` are never accepted: keys come
-/// from JWKS documents of public keys only.
-pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        _ => return None,
-    })
 }
 
 /// Takes the token out of a header value of the form `Bearer <token>` (RFC 6750 §2.1).

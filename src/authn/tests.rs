@@ -1,3 +1,4 @@
+use jsonwebtoken::Algorithm;
 use std::path::PathBuf;
 
 use jsonwebtoken::{EncodingKey, Header};

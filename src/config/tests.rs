@@ -165,3 +165,47 @@ fn durations_parse_and_print() {
         assert!(bad.parse::<Seconds>().is_err(), "{bad:?} should not parse");
     }
 }
+
+#[test]
+fn mint_defaults_and_partial_sections() {
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.mint.enabled);
+    let c = parse(&format!(
+        "{MINIMAL}mint:\n  enabled: true\n  issuer: https://sidecar.example\n  audience: svc\n"
+    ))
+    .expect("a partial mint section is valid");
+    let m = &c.mint;
+    assert_eq!(m.audience, ["svc"]);
+    assert_eq!(m.ttl, Seconds(Duration::from_secs(60)));
+    assert_eq!(m.max_ttl, Seconds(Duration::from_secs(300)));
+    assert_eq!(m.header(), "authorization");
+    assert_eq!(m.without_grant, WithoutGrant::Deny);
+    assert_eq!(m.algorithm, "ES256");
+    assert_eq!(m.format, MintFormat::Jwt);
+    assert!(m.reuse);
+    let c = parse(&format!(
+        "{MINIMAL}mint:\n  enabled: true\n  issuer: i\n  format: txn-token\n  audience: [a, b]\n  without_grant: pass\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.mint.header(), "txn-token");
+    assert_eq!(c.mint.audience, ["a", "b"]);
+    assert_eq!(c.mint.without_grant, WithoutGrant::Pass);
+}
+
+#[test]
+fn mint_problems_are_listed_by_key() {
+    let err = parse(&format!(
+        "{MINIMAL}mint:\n  enabled: true\n  algorithm: HS256\n  ttl: 10m\n  header: Upstream Token\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for key in ["mint.issuer", "mint.algorithm", "mint.ttl", "mint.header"] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    let err = parse(&format!("{MINIMAL}mint:\n  without_grant: maybe\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without_grant"), "{err}");
+    // A disabled section is not checked beyond its types.
+    parse(&format!("{MINIMAL}mint:\n  algorithm: HS256\n")).expect("disabled");
+}

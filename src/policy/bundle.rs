@@ -390,7 +390,7 @@ pub fn build(
     files.insert(MANIFEST.into(), manifest_bytes);
     let mut bundle = Bundle::from_files(files)?;
     if let Some((pem, alg, key_id)) = signing {
-        let algorithm = crate::authn::parse_algorithm(&alg)
+        let algorithm = crate::jose::parse_algorithm(&alg)
             .ok_or_else(|| BundleError::Signature(format!("unknown algorithm `{alg}`")))?;
         let key = match algorithm.family() {
             jsonwebtoken::AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem),

@@ -57,7 +57,8 @@ pub enum AppendAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub scopes: Vec<String>,
-    pub audience: Option<String>,
+    /// `aud` of the minted token; empty: the configured default.
+    pub audience: Vec<String>,
     pub ttl: Option<Duration>,
 }
 
@@ -296,9 +297,18 @@ fn grant(v: &Json) -> Result<Grant, VerdictError> {
         Some(_) => return Err(bad("`grant.ttl` must be a duration string like 60s".into())),
     };
     let audience = match o.get("audience") {
-        None => None,
-        Some(Json::String(s)) => Some(s.clone()),
-        Some(_) => return Err(bad("`grant.audience` must be a string".into())),
+        None => Vec::new(),
+        Some(Json::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(Json::Array(list)) if !list.is_empty() => list
+            .iter()
+            .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("`grant.audience` must hold non-empty strings".into()))?,
+        Some(_) => {
+            return Err(bad(
+                "`grant.audience` must be a non-empty string or list of strings".into(),
+            ));
+        }
     };
     Ok(Grant {
         scopes: string_list(o.get("scopes"), "grant.scopes")?,

@@ -6,19 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify::Watcher as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::bundle::Limits;
 use super::{Bundle, BundleError, PolicyStore};
 use crate::config::{PolicyConfig, PolicySourceConfig};
-
-/// Quiet time after a file event before reloading: a ConfigMap update or an editor's save is
-/// several events in quick succession.
-const DEBOUNCE: Duration = Duration::from_millis(200);
-/// Directories and files are also re-read this often, in case a file system drops events;
-/// unchanged content is not re-activated.
-const RESCAN: Duration = Duration::from_secs(30);
+use crate::watch::DirWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -222,57 +215,10 @@ impl PolicySource {
         dir: PathBuf,
         recursive: bool,
     ) {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Reading the files (our own reloads included) is not a change.
-            let change = event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
-            if change {
-                // A full channel already means "reload soon".
-                let _ = tx.try_send(());
-            }
-        });
-        let mode = match recursive {
-            true => notify::RecursiveMode::Recursive,
-            false => notify::RecursiveMode::NonRecursive,
-        };
-        let _watcher = match watcher.and_then(|mut w| w.watch(&dir, mode).map(|()| w)) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(
-                    policy.source = %self.describe(),
-                    error = %e,
-                    "Cannot watch for changes; re-reading every 30s instead"
-                );
-                None
-            }
-        };
+        let mut changes = DirWatch::new(&dir, recursive, &self.describe());
         let mut seen = None;
         self.reload(&store, &mut seen).await;
-        loop {
-            let event = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                event = rx.recv() => event,
-                _ = tokio::time::sleep(RESCAN) => Some(()),
-            };
-            match event {
-                // Debounce: wait until events stop for a moment.
-                Some(()) => loop {
-                    let more = tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        more = tokio::time::timeout(DEBOUNCE, rx.recv()) => more,
-                    };
-                    if !matches!(more, Ok(Some(()))) {
-                        break;
-                    }
-                },
-                // No watcher: fall back to re-reading on the rescan interval.
-                None => {
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(RESCAN) => {}
-                    }
-                }
-            }
+        while changes.changed(&mut stop).await {
             self.reload(&store, &mut seen).await;
         }
     }

@@ -67,7 +67,7 @@ fn boolean_and_object_results() {
         v.grant,
         Some(Grant {
             scopes: vec!["read".into()],
-            audience: Some("svc".into()),
+            audience: vec!["svc".into()],
             ttl: Some(std::time::Duration::from_secs(60)),
         })
     );
