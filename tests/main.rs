@@ -8,4 +8,5 @@ mod cli;
 mod deploy;
 mod envoy;
 mod grpc;
+mod mint;
 mod policy;

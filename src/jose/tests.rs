@@ -12,14 +12,20 @@ const ALL: [SignAlgorithm; 5] = [
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(path).expect("fixture")
 }
 
 /// A compact JWS signed by `key`, verified by jsonwebtoken from the published JWK alone.
 fn sign_and_verify(key: &PrivateKey) {
-    let header = b64(json!({"alg": key.algorithm().name(), "typ": "JWT"}).to_string().as_bytes());
-    let payload = b64(json!({"sub": "alice", "exp": 4_000_000_000u64}).to_string().as_bytes());
+    let header = b64(json!({"alg": key.algorithm().name(), "typ": "JWT"})
+        .to_string()
+        .as_bytes());
+    let payload = b64(json!({"sub": "alice", "exp": 4_000_000_000u64})
+        .to_string()
+        .as_bytes());
     let input = format!("{header}.{payload}");
     let signature = key.sign(input.as_bytes()).expect("sign");
     let token = format!("{input}.{}", b64(&signature));

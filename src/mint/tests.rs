@@ -34,7 +34,9 @@ fn auth(exp: i64) -> Authenticated {
 }
 
 fn auth_from(claims: Json) -> Authenticated {
-    let Json::Object(map) = claims else { panic!("object") };
+    let Json::Object(map) = claims else {
+        panic!("object")
+    };
     Authenticated::from_claims(&map, Some("JWT".into()), 8).expect("valid claims")
 }
 
@@ -63,7 +65,9 @@ fn request<'a>(auth: &'a Authenticated, grant: &'a Grant) -> MintRequest<'a> {
 fn verify(minter: &Minter, token: &str, aud: &str) -> (jsonwebtoken::Header, Json) {
     let jwks: JwkSet = serde_json::from_value(minter.keys().jwks()).expect("jwks");
     let header = jsonwebtoken::decode_header(token).expect("header");
-    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("published key");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("published key");
     let key = DecodingKey::from_jwk(jwk).expect("key");
     let mut validation = Validation::new(header.alg);
     validation.set_audience(&[aud]);
@@ -85,11 +89,17 @@ fn claims_copy_the_chain_exactly_and_carry_the_grant() {
     assert_eq!(claims["iss"], ISS);
     assert_eq!(claims["sub"], "alice");
     let original: Json = serde_json::from_str(auth.claims_json()).expect("claims");
-    assert_eq!(claims["act"], original["act"], "the act chain is copied exactly");
+    assert_eq!(
+        claims["act"], original["act"],
+        "the act chain is copied exactly"
+    );
     assert_eq!(claims["aud"], "service-b");
     assert_eq!(claims["scope"], "book_flight");
     assert_eq!(claims["txn"], "req-1");
-    let (iat, exp) = (claims["iat"].as_i64().expect("iat"), claims["exp"].as_i64().expect("exp"));
+    let (iat, exp) = (
+        claims["iat"].as_i64().expect("iat"),
+        claims["exp"].as_i64().expect("exp"),
+    );
     assert_eq!(exp - iat, 30);
     assert_eq!(claims["jti"].as_str().map(str::len), Some(22));
     // Nothing of the delegation token beyond sub and act.
@@ -270,7 +280,10 @@ fn txn_tokens_carry_the_request_context_and_are_never_reused() {
     assert_ne!(a.token, b.token);
     let (header, claims) = verify(&minter, &a.token, "default-aud");
     assert_eq!(header.typ.as_deref(), Some("txntoken+jwt"));
-    assert_eq!(claims["tctx"], json!({"method": "POST", "path": "/flights/bookings"}));
+    assert_eq!(
+        claims["tctx"],
+        json!({"method": "POST", "path": "/flights/bookings"})
+    );
     assert_eq!(claims["rctx"], json!({"req_ip": "10.0.0.7"}));
     assert_eq!(claims["txn"], "req-1");
     assert_eq!(minter.header_value("t"), "t");
@@ -289,7 +302,9 @@ fn header_value_is_bearer_only_in_authorization() {
 }
 
 fn write_key(dir: &std::path::Path, fixture: &str) -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let path = dir.join("mint.pem");
     std::fs::copy(src, &path).expect("copy key");
     path
@@ -320,12 +335,18 @@ fn rotation_keeps_the_previous_key_published_for_max_ttl() {
     let kids = minter.keys().kids();
     assert_eq!(kids.len(), 2);
     assert_eq!(kids[1], "first");
-    assert_ne!(kids[0], "first", "a rotated key never reuses a published kid");
+    assert_ne!(
+        kids[0], "first",
+        "a rotated key never reuses a published kid"
+    );
     // The new key signs at once (a reused token signed by the old key is not handed out).
     let new = minter.mint(&req).expect("mint");
     assert!(!new.reused);
     assert_eq!(
-        jsonwebtoken::decode_header(&*new.token).expect("h").kid.as_deref(),
+        jsonwebtoken::decode_header(&*new.token)
+            .expect("h")
+            .kid
+            .as_deref(),
         Some(kids[0].as_str())
     );
     // Both verify against the published JWKS.
@@ -349,11 +370,18 @@ fn retired_keys_leave_the_jwks_after_max_ttl() {
     };
     let minter = Minter::new(&cfg).expect("minter");
     let before = minter.keys().kids();
-    assert!(minter.keys().rotate(PrivateKey::generate(SignAlgorithm::ES256).expect("key")));
+    assert!(
+        minter
+            .keys()
+            .rotate(PrivateKey::generate(SignAlgorithm::ES256).expect("key"))
+    );
     let after = minter.keys().kids();
     assert_eq!(after.len(), 1);
     assert_ne!(after, before);
-    assert_eq!(minter.keys().jwks()["keys"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        minter.keys().jwks()["keys"].as_array().map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]
