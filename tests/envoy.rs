@@ -3,7 +3,7 @@
 //! from PyJWT (`deploy/demo/mint_token.py`, run with `ONBEHALF_TEST_PYTHON`), independent of
 //! the jsonwebtoken crate that verifies them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -92,17 +92,13 @@ fn envoy_yaml_validates() {
     );
 }
 
-#[tokio::test]
-async fn delegation_through_envoy() {
-    let echo = EchoServer::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
-
-    // onbehalf: the real binary, the shipped policy and the demo IdP's keys.
-    let config = dir.path().join("onbehalf.yaml");
+/// The demo configuration (`deploy/demo/onbehalf.yaml`) on the given ports, with paths made
+/// absolute and `edit` applied last.
+fn demo_config(dir: &Path, grpc: u16, admin: u16, edit: impl Fn(String) -> String) -> PathBuf {
+    let config = dir.join("onbehalf.yaml");
     let demo =
         std::fs::read_to_string(repo().join("deploy/demo/onbehalf.yaml")).expect("demo config");
-    let demo = demo
+    let demo = edit(demo)
         .replace("127.0.0.1:9191", &format!("127.0.0.1:{grpc}"))
         .replace("127.0.0.1:8181", &format!("127.0.0.1:{admin}"))
         .replace(
@@ -117,40 +113,45 @@ async fn delegation_through_envoy() {
             ),
         );
     std::fs::write(&config, demo).expect("write config");
-    let onbehalf_log = dir.path().join("onbehalf.log");
-    let onbehalf = Proc(
+    config
+}
+
+/// The real binary, serving `config`; returns once `/readyz` answers on `admin`.
+async fn start_onbehalf(dir: &Path, config: &Path, admin: u16) -> Proc {
+    let log = dir.join("onbehalf.log");
+    let proc = Proc(
         Command::new(env!("CARGO_BIN_EXE_onbehalf"))
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&onbehalf_log).expect("log file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start onbehalf"),
     );
     wait_for(
         &format!("http://127.0.0.1:{admin}/readyz"),
         "onbehalf",
-        &onbehalf_log,
+        &log,
     )
     .await;
+    proc
+}
 
-    // Envoy: the repository's envoy.yaml, on free ports.
-    let envoy_config = dir.path().join("envoy.yaml");
-    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
-    let yaml = yaml
-        .replace("port_value: 8000", &format!("port_value: {listen}"))
-        .replace("port_value: 9191", &format!("port_value: {grpc}"))
-        .replace(
-            "port_value: 8080",
-            &format!("port_value: {}", echo.addr.port()),
-        )
-        .replace("port_value: 9901", &format!("port_value: {envoy_admin}"));
-    std::fs::write(&envoy_config, yaml).expect("write envoy config");
-    let envoy_log = dir.path().join("envoy.log");
-    let _envoy = Proc(
+/// Envoy with `yaml` after replacing each `(from, to)` port; returns once its admin port
+/// (`admin`) says it is ready.
+async fn start_envoy(dir: &Path, yaml: &str, ports: &[(u16, u16)], admin: u16) -> Proc {
+    let mut yaml = yaml.to_string();
+    for (from, to) in ports {
+        yaml = yaml.replace(&format!("port_value: {from}"), &format!("port_value: {to}"));
+        yaml = yaml.replace(&format!("127.0.0.1:{from}/"), &format!("127.0.0.1:{to}/"));
+    }
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write envoy config");
+    let log = dir.join("envoy.log");
+    let proc = Proc(
         Command::new(envoy_bin())
             .arg("-c")
-            .arg(&envoy_config)
+            .arg(&config)
             .args([
                 "--disable-hot-restart",
                 "--concurrency",
@@ -159,14 +160,36 @@ async fn delegation_through_envoy() {
                 "warning",
             ])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&envoy_log).expect("log file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start envoy"),
     );
-    wait_for(
-        &format!("http://127.0.0.1:{envoy_admin}/ready"),
-        "envoy",
-        &envoy_log,
+    wait_for(&format!("http://127.0.0.1:{admin}/ready"), "envoy", &log).await;
+    proc
+}
+
+#[tokio::test]
+async fn delegation_through_envoy() {
+    let echo = EchoServer::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+
+    // onbehalf: the real binary, the shipped policy and the demo IdP's keys.
+    let config = demo_config(dir.path(), grpc, admin, |c| c);
+    let onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+
+    // Envoy: the repository's envoy.yaml, on free ports.
+    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
+    let _envoy = start_envoy(
+        dir.path(),
+        &yaml,
+        &[
+            (8000, listen),
+            (9191, grpc),
+            (8080, echo.addr.port()),
+            (9901, envoy_admin),
+        ],
+        envoy_admin,
     )
     .await;
 
@@ -338,4 +361,277 @@ async fn delegation_through_envoy() {
         Some(true),
         "onbehalf exits 0 on SIGTERM"
     );
+}
+
+/// `iss` of the tokens onbehalf mints in the two-layer test (tests/fixtures/envoy-mint.yaml).
+const MINT_ISS: &str = "https://sidecar.onbehalf.test";
+
+/// One request; the status and the echo's JSON answer when the upstream was reached.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    host: &str,
+    token: &str,
+) -> (u16, Option<Value>) {
+    let resp = client
+        .post(url)
+        .header("host", host)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = match status {
+        200 => Some(resp.json().await.expect("echo json")),
+        _ => None,
+    };
+    (status, body)
+}
+
+/// The token the echo upstream received, after checking it never saw the delegation token.
+fn upstream_token(echoed: &Value, delegation_signature: &str) -> String {
+    let headers = echoed["headers"].as_object().expect("headers");
+    for (name, value) in headers {
+        let value = value.as_str().unwrap_or_default();
+        assert!(
+            !value.contains(delegation_signature),
+            "the upstream received the delegation token in {name}"
+        );
+    }
+    headers["authorization"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("a minted bearer token")
+        .to_string()
+}
+
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .expect("header")
+        .kid
+        .expect("kid")
+}
+
+/// PyJWT's verdict on each token, against `jwks`.
+fn pyjwt_verify(jwks: &str, tokens: &[String]) -> Vec<Value> {
+    use std::io::Write as _;
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/fixtures/verify_jwt.py"))
+        .args(["--jwks", jwks, "--issuer", MINT_ISS, "--audience", AUD])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run verify_jwt.py");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for t in tokens {
+        writeln!(stdin, "{t}").expect("write token");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("verify_jwt.py");
+    assert!(
+        out.status.success(),
+        "verify_jwt.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+async fn jwks_kids(admin: u16) -> Vec<String> {
+    let jwks: Value = reqwest::get(format!("http://127.0.0.1:{admin}/.well-known/jwks.json"))
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_string())
+        .collect()
+}
+
+/// The seed's last step, end to end: Envoy asks onbehalf, onbehalf mints a token from the
+/// policy's grant, and a second Envoy layer (Service B's own, `jwt_authn` with onbehalf's
+/// JWKS) accepts only that. Then the key rotates under traffic.
+#[tokio::test]
+async fn minted_tokens_pass_envoy_jwt_authn_and_survive_rotation() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let [grpc, admin, ingress, guard, echo_port, envoy_admin] = [(); 6].map(|_| free_port());
+
+    // Service B: the demo echo upstream (it prints the claims it was given).
+    let echo_log = dir.path().join("echo.log");
+    let _echo = Proc(
+        Command::new(python())
+            .arg(repo().join("deploy/demo/echo_upstream.py"))
+            .arg(echo_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&echo_log).expect("log"))
+            .spawn()
+            .expect("start echo"),
+    );
+    wait_for(&format!("http://127.0.0.1:{echo_port}/"), "echo", &echo_log).await;
+
+    // onbehalf minting with a key file, tokens living 5s.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("keys dir");
+    let key_file = keys.join("mint.pem");
+    std::fs::copy(fixture("rsa-1.pem"), &key_file).expect("key");
+    let config = demo_config(dir.path(), grpc, admin, |c| {
+        c.replace(
+            "issuer: http://127.0.0.1:8181",
+            &format!(
+                "issuer: {MINT_ISS}\n  algorithm: RS256\n  key_file: {}\n  ttl: 5s\n  max_ttl: 5s",
+                key_file.display()
+            ),
+        )
+    });
+    let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+    let yaml = std::fs::read_to_string(fixture("envoy-mint.yaml")).expect("envoy-mint.yaml");
+    let _envoy = start_envoy(
+        dir.path(),
+        &yaml,
+        &[
+            (18000, ingress),
+            (18001, guard),
+            (19191, grpc),
+            (18181, admin),
+            (18080, echo_port),
+            (19901, envoy_admin),
+        ],
+        envoy_admin,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let front = format!("http://127.0.0.1:{ingress}/flights/bookings");
+    let back = format!("http://127.0.0.1:{guard}/flights/bookings");
+    let jwks_url = format!("http://127.0.0.1:{admin}/.well-known/jwks.json");
+
+    let delegation = alice(&[
+        "--act",
+        "travel-agent",
+        "--scope",
+        "book_flight read_bookings",
+    ]);
+    let signature = delegation
+        .rsplit('.')
+        .next()
+        .expect("signature")
+        .to_string();
+
+    // Through both layers: the upstream sees a token minted for it, with Alice via the agent.
+    let mut before = Vec::new();
+    for _ in 0..10 {
+        let (status, echoed) = send(&client, &front, AUD, &delegation).await;
+        assert_eq!(status, 200, "through ext_authz and jwt_authn");
+        let echoed = echoed.expect("echo");
+        let claims = &echoed["token_claims"];
+        assert_eq!(claims["iss"], MINT_ISS);
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["act"], serde_json::json!({"sub": "travel-agent"}));
+        assert_eq!(claims["aud"], AUD);
+        assert_eq!(
+            claims["scope"], "book_flight",
+            "only what this request needs"
+        );
+        assert_eq!(echoed["headers"]["x-onbehalf-subject"], "alice");
+        before.push(upstream_token(&echoed, &signature));
+    }
+    before.dedup();
+    assert_eq!(before.len(), 1, "one decision, one reused token");
+    let first_kid = kid(&before[0]);
+    let verdicts = pyjwt_verify(&jwks_url, &before);
+    assert_eq!(verdicts[0]["ok"], true, "PyJWT: {}", verdicts[0]);
+    assert_eq!(verdicts[0]["claims"]["sub"], "alice");
+
+    // Service B's layer refuses the delegation token itself, and a token minted for another
+    // audience (the shipped policy grants the request's host).
+    let (status, _) = send(&client, &back, AUD, &delegation).await;
+    assert_eq!(status, 401, "the delegation token is not for Service B");
+    let (status, _) = send(&client, &front, "service-c", &delegation).await;
+    assert!(
+        status == 401 || status == 403,
+        "a token minted for service-c passed Service B's layer: {status}"
+    );
+
+    // Rotate the key as a mounted Secret does: write aside, rename over.
+    let staged = keys.join(".staged.pem");
+    std::fs::copy(fixture("rsa-2.pem"), &staged).expect("key");
+    std::fs::rename(&staged, &key_file).expect("rename");
+    let mut kids = Vec::new();
+    for _ in 0..200 {
+        kids = jwks_kids(admin).await;
+        if kids.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let rotated_at = std::time::Instant::now();
+    assert_eq!(
+        kids.len(),
+        2,
+        "both keys published after rotation: {kids:?}"
+    );
+    assert_eq!(kids[1], first_kid);
+    // A token signed by the previous key still passes Service B's layer.
+    let (status, _) = send(&client, &back, AUD, &before[0]).await;
+    assert_eq!(status, 200, "a token of the previous key still verifies");
+
+    // The new key signs at once; Service B's layer accepts it once its JWKS cache (1s)
+    // refreshes.
+    let mut after = None;
+    for _ in 0..100 {
+        let (status, echoed) = send(&client, &front, AUD, &delegation).await;
+        if status == 200 {
+            let token = upstream_token(&echoed.expect("echo"), &signature);
+            assert_eq!(kid(&token), kids[0], "signed by the new key");
+            after = Some(token);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = after.expect("Service B's layer accepts tokens of the new key");
+    for _ in 0..10 {
+        let (status, echoed) = send(&client, &front, AUD, &delegation).await;
+        assert_eq!(status, 200, "traffic after the rotation");
+        assert_eq!(
+            kid(&upstream_token(&echoed.expect("echo"), &signature)),
+            kids[0]
+        );
+    }
+    let verdicts = pyjwt_verify(&jwks_url, &[before[0].clone(), after.clone()]);
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "PyJWT: {v}");
+    }
+
+    // After max_ttl only the new key is published.
+    let mut now_kids = kids.clone();
+    for _ in 0..400 {
+        now_kids = jwks_kids(admin).await;
+        if now_kids.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(now_kids, [kids[0].clone()]);
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(4),
+        "the previous key left after {:?}, before max_ttl (5s)",
+        rotated_at.elapsed()
+    );
+
+    // A minted token past its exp (and Service B's 1s clock skew) is refused there.
+    let exp = verdicts[1]["claims"]["exp"].as_i64().expect("exp");
+    while now() <= exp + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = send(&client, &back, AUD, &after).await;
+    assert_eq!(status, 401, "an expired minted token");
+    let expired = pyjwt_verify(&jwks_url, &[after]);
+    assert_eq!(expired[0]["ok"], false);
 }
