@@ -219,6 +219,44 @@ fn benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(onbehalf::grpc::respond(&cached, black_box(&req))))
     });
     check.finish();
+
+    // Minting: one fresh ES256 token (claims copied from the verified token, signed), and a
+    // reuse of the token minted for the same decision.
+    let mint = |reuse: bool| {
+        let config = onbehalf::config::MintConfig {
+            enabled: true,
+            issuer: "https://sidecar.bench".into(),
+            reuse,
+            ..Default::default()
+        };
+        onbehalf::mint::Minter::new(&config).expect("minter")
+    };
+    let grant = onbehalf::policy::Grant {
+        scopes: vec!["book_flight".into()],
+        audience: vec!["service-b".into()],
+        ttl: None,
+    };
+    let digest = onbehalf::cache::token_digest(&t);
+    let mint_request = onbehalf::mint::MintRequest {
+        auth: &auth,
+        grant: &grant,
+        generation: 1,
+        token_digest: Some(&digest),
+        request_id: Some("3f1c0a8e-8a6e-4c38-9b0e-6d1f2f7a9c11"),
+        method: "POST",
+        path: "/flights/bookings",
+        source: None,
+    };
+    let (fresh, reusing) = (mint(false), mint(true));
+    let mut group = c.benchmark_group("mint");
+    group.bench_function("es256_fresh", |b| {
+        b.iter(|| fresh.mint(black_box(&mint_request)).expect("mint"))
+    });
+    reusing.mint(&mint_request).expect("mint");
+    group.bench_function("reused", |b| {
+        b.iter(|| reusing.mint(black_box(&mint_request)).expect("mint"))
+    });
+    group.finish();
 }
 
 criterion_group!(hot_path, benches);

@@ -65,7 +65,18 @@ for t in 1 2; do
   kill $ob; wait $ob 2>/dev/null || true
 done
 
-# 3. A flood of unique tokens for a minute on the default threads: 120,000 tokens (12x the
+# 3. Minting on (ES256 key made at start, reuse on), one serving thread: the hot and cold
+#    corpora again, next to the figures with minting off above.
+ONBEHALF_SERVER__WORKER_THREADS=1 ONBEHALF_MINT__ENABLED=true ONBEHALF_MINT__ISSUER=https://sidecar.bench \
+  $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
+wait_port 9191
+$load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
+  --label "onbehalf-mint-hot-1" | tail -1 > "$out/onbehalf-mint-hot-1.json"
+$load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COLD_REQUESTS" \
+  --label "onbehalf-mint-cold-1" | tail -1 > "$out/onbehalf-mint-cold-1.json"
+kill $ob; wait $ob 2>/dev/null || true
+
+# 4. A flood of unique tokens for a minute on the default threads: 120,000 tokens (12x the
 #    token cache) cycled, RSS sampled every 5 s must level off (bounded caches).
 $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
 wait_port 9191
@@ -96,6 +107,12 @@ for t in (1, 2):
           f"({cold['throughput_rps']/ceiling:.2f}x the best no-op)")
     print(f"  peak RSS after cold ({cold['requests']} unique tokens): "
           f"{j[f'memory-{t}']['peak_rss_kib']/1024:.1f} MiB")
+for corpus in ("hot", "cold"):
+    off, on = j[f"onbehalf-{corpus}-1"], j[f"onbehalf-mint-{corpus}-1"]
+    extra_us = 1e6 / on["throughput_rps"] - 1e6 / off["throughput_rps"]
+    print(f"  mint on {corpus:4}: {on['throughput_rps']:8.0f} req/s  p99 {on['p99_us']} us   "
+          f"{on['throughput_rps']/off['throughput_rps']:.2f}x minting off "
+          f"(+{extra_us:.1f} us of the serving thread per request)")
 print(f"startup to /readyz: max {j['startup']['max_ms']:.1f} ms over {len(j['startup']['runs_ms'])} runs")
 print(f"flood RSS samples (MiB): {[round(s/1024,1) for s in j['flood']['samples']]}")
 PY
