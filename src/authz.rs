@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
-use crate::cache::{DecisionCache, token_digest};
+use crate::cache::{DecisionCache, Digest, token_digest};
 use crate::config::WithoutGrant;
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Allow, Decision, DenyReason};
 use crate::input::{CheckInput, TokenParts};
-use crate::mint::{MintError, MintRequest, Minted, Minter};
+use crate::mint::{MintError, MintRequest, Minted, Minter, Upstream};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
 use crate::telemetry::{Metrics, MintResult};
 
@@ -114,7 +114,11 @@ impl Authorizer {
         };
         let policies = &snapshot.policies;
 
-        let authn::Verified { auth, parts } = match self.authenticate(input).await {
+        let authn::Verified {
+            auth,
+            parts,
+            digest,
+        } = match self.authenticate(input).await {
             Ok(verified) => verified,
             Err(AuthnError::KeysUnavailable) => return self.denied(DenyReason::Unavailable),
             Err(e) => return self.denied(DenyReason::Unauthenticated(e)),
@@ -126,17 +130,27 @@ impl Authorizer {
         // Minting comes last: only an allow gets a token, and only for what it granted.
         let decision = match (&*decision, &self.minter) {
             (Decision::Allow(allow), Some(minter)) => {
-                match self.upstream_token(minter, allow, input, &auth, snapshot.generation) {
+                let digest = digest.or_else(|| {
+                    // Without the token cache, the digest is made here, and only for reuse.
+                    minter
+                        .reuses()
+                        .then(|| authn::extract_bearer(input.header(&self.token_header)).ok())
+                        .flatten()
+                        .map(token_digest)
+                });
+                let upstream =
+                    self.upstream_token(minter, allow, input, &auth, snapshot.generation, digest);
+                match upstream {
                     Ok(Some(token)) => {
                         identity.push((
                             minter.header().to_string(),
-                            Some(minter.header_value(&token.token)),
+                            Some(minter.header_value(&token.minted.token)),
                         ));
                         // The delegation token never reaches the upstream.
                         if minter.header() != self.token_header {
                             identity.push((self.token_header.clone(), None));
                         }
-                        minted = Some(token);
+                        minted = Some(token.minted);
                         decision
                     }
                     Ok(None) => decision,
@@ -232,7 +246,8 @@ impl Authorizer {
         input: &CheckInput<'_>,
         auth: &Authenticated,
         generation: u64,
-    ) -> Result<Option<Arc<Minted>>, DenyReason> {
+        digest: Option<Digest>,
+    ) -> Result<Option<Upstream>, DenyReason> {
         let Some(grant) = &allow.grant else {
             self.metrics.mint(MintResult::NoGrant);
             return match minter.without_grant() {
@@ -246,9 +261,6 @@ impl Authorizer {
                 }
             };
         };
-        let digest = authn::extract_bearer(input.header(&self.token_header))
-            .ok()
-            .map(token_digest);
         let request = MintRequest {
             auth,
             grant,
@@ -260,12 +272,12 @@ impl Authorizer {
             source: input.source_address(),
         };
         match minter.mint(&request) {
-            Ok(minted) => {
-                self.metrics.mint(match minted.reused {
+            Ok(upstream) => {
+                self.metrics.mint(match upstream.reused {
                     true => MintResult::Reused,
                     false => MintResult::Signed,
                 });
-                Ok(Some(minted))
+                Ok(Some(upstream))
             }
             Err(MintError::Expiring) => {
                 self.metrics.mint(MintResult::Failed);

@@ -57,6 +57,8 @@ pub enum KeyError {
     Rejected(&'static str, String),
     #[error("cannot generate a {0} key")]
     Generate(&'static str),
+    #[error("`{0}` cannot sign; use {SIGN_ALGORITHMS}")]
+    Algorithm(String),
     #[error("signing failed")]
     Sign,
 }

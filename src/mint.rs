@@ -72,7 +72,12 @@ pub struct Minted {
     pub token: Box<str>,
     pub issued_at: i64,
     pub expires_at: i64,
-    /// Whether it came from the reuse cache.
+}
+
+/// A token for one request: minted now, or reused from an identical decision.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub minted: Arc<Minted>,
     pub reused: bool,
 }
 
@@ -160,8 +165,13 @@ impl Minter {
         self.format
     }
 
+    /// Whether minted tokens are reused (the reuse key needs the delegation token's digest).
+    pub fn reuses(&self) -> bool {
+        self.reuse.is_some()
+    }
+
     /// Mints (or reuses) the upstream token for one allowed request.
-    pub fn mint(&self, req: &MintRequest<'_>) -> Result<Arc<Minted>, MintError> {
+    pub fn mint(&self, req: &MintRequest<'_>) -> Result<Upstream, MintError> {
         let now = unix_now();
         let audience: &[String] = match req.grant.audience.is_empty() {
             false => &req.grant.audience,
@@ -194,12 +204,10 @@ impl Minter {
             // token's own `exp` (which bounds `exp` already).
             let half = (hit.expires_at - hit.issued_at) / 2;
             if now <= hit.expires_at - half {
-                return Ok(Arc::new(Minted {
-                    token: hit.token.clone(),
-                    issued_at: hit.issued_at,
-                    expires_at: hit.expires_at,
+                return Ok(Upstream {
+                    minted: hit,
                     reused: true,
-                }));
+                });
             }
             cache.invalidate(key);
         }
@@ -210,12 +218,14 @@ impl Minter {
             token: token.into_boxed_str(),
             issued_at: now,
             expires_at: exp,
-            reused: false,
         });
         if let (Some(cache), Some(key)) = (&self.reuse, reuse_key) {
             cache.insert(key, minted.clone());
         }
-        Ok(minted)
+        Ok(Upstream {
+            minted,
+            reused: false,
+        })
     }
 
     /// The claims of a minted token. `sub` and `act` are copied from the claims the
@@ -306,7 +316,8 @@ fn reuse_key(
 
 impl KeyRing {
     fn load(config: &MintConfig) -> Result<KeyRing, KeyError> {
-        let algorithm = SignAlgorithm::parse(&config.algorithm).ok_or(KeyError::Sign)?;
+        let algorithm = SignAlgorithm::parse(&config.algorithm)
+            .ok_or_else(|| KeyError::Algorithm(config.algorithm.clone()))?;
         let key = match &config.key_file {
             Some(path) => read_key(algorithm, path)?,
             None => {

@@ -216,6 +216,8 @@ pub struct Verified {
     /// The token's document parts when it was verified just now (not from the cache): built
     /// from the claims while they were decoded, for the decision that follows.
     pub parts: Option<crate::input::TokenParts>,
+    /// SHA-256 of the token, when the token cache computed it.
+    pub digest: Option<crate::cache::Digest>,
 }
 
 /// Characters percent-encoded in identity header values: controls, non-ASCII (always), and
@@ -301,15 +303,17 @@ impl Verifier {
             return Ok(Verified {
                 auth: hit.auth.clone(),
                 parts: None,
+                digest: Some(digest),
             });
         }
-        let (verified, key) = self.verify_uncached(token).await?;
+        let (mut verified, key) = self.verify_uncached(token).await?;
         cache.insert(
             digest,
             verified.auth.clone(),
             key.kid_name().cloned(),
             *key.fingerprint(),
         );
+        verified.digest = Some(digest);
         Ok(verified)
     }
 
@@ -348,6 +352,7 @@ impl Verifier {
         let verified = Verified {
             auth: Arc::new(auth),
             parts: Some(parts),
+            digest: None,
         };
         Ok((verified, key))
     }

@@ -82,7 +82,7 @@ fn claims_copy_the_chain_exactly_and_carry_the_grant() {
     let minter = Minter::new(&config()).expect("minter");
     let auth = auth(now() + 3600);
     let grant = grant(&["book_flight"], &["service-b"], Some(30));
-    let minted = minter.mint(&request(&auth, &grant)).expect("mint");
+    let minted = minter.mint(&request(&auth, &grant)).expect("mint").minted;
     let (header, claims) = verify(&minter, &minted.token, "service-b");
     assert_eq!(header.typ.as_deref(), Some("JWT"));
     assert_eq!(header.kid.as_deref(), Some(minter.keys().current().kid()));
@@ -113,7 +113,7 @@ fn a_direct_user_gets_no_act_claim() {
     let minter = Minter::new(&config()).expect("minter");
     let auth = auth_from(json!({"iss": "i", "aud": "a", "sub": "alice", "exp": now() + 600}));
     let grant = grant(&["read"], &[], None);
-    let minted = minter.mint(&request(&auth, &grant)).expect("mint");
+    let minted = minter.mint(&request(&auth, &grant)).expect("mint").minted;
     let (_, claims) = verify(&minter, &minted.token, "default-aud");
     assert!(claims.get("act").is_none());
 }
@@ -135,13 +135,13 @@ fn lifetime_is_capped_by_max_ttl_and_by_the_delegation_token() {
     ];
     for (ttl, expected) in cases {
         let grant = grant(&["s"], &[], ttl);
-        let m = minter.mint(&request(&long, &grant)).expect("mint");
+        let m = minter.mint(&request(&long, &grant)).expect("mint").minted;
         assert_eq!(m.expires_at - m.issued_at, expected, "grant ttl {ttl:?}");
     }
     // The delegation token expires in 10s: so does the minted token.
     let short = auth(now() + 10);
     let grant = grant(&["s"], &[], Some(60));
-    let m = minter.mint(&request(&short, &grant)).expect("mint");
+    let m = minter.mint(&request(&short, &grant)).expect("mint").minted;
     assert_eq!(m.expires_at, short.expires_at.expect("exp"));
     let (_, claims) = verify(&minter, &m.token, "default-aud");
     assert_eq!(claims["exp"], json!(short.expires_at));
@@ -162,12 +162,15 @@ fn audience_comes_from_the_grant_else_the_default() {
     .expect("minter");
     let auth = auth(now() + 600);
     let from_grant = grant(&["a", "b"], &["x", "y"], None);
-    let m = minter.mint(&request(&auth, &from_grant)).expect("mint");
+    let m = minter
+        .mint(&request(&auth, &from_grant))
+        .expect("mint")
+        .minted;
     let (_, claims) = verify(&minter, &m.token, "y");
     assert_eq!(claims["aud"], json!(["x", "y"]));
     assert_eq!(claims["scope"], "a b");
     let default = grant(&[], &[], None);
-    let m = minter.mint(&request(&auth, &default)).expect("mint");
+    let m = minter.mint(&request(&auth, &default)).expect("mint").minted;
     let (_, claims) = verify(&minter, &m.token, "d2");
     assert_eq!(claims["aud"], json!(["d1", "d2"]));
     assert_eq!(claims["scope"], "");
@@ -190,8 +193,8 @@ fn without_a_request_id_txn_is_a_fresh_uuid() {
     let grant = grant(&["s"], &[], None);
     let mut req = request(&auth, &grant);
     req.request_id = None;
-    let a = minter.mint(&req).expect("mint");
-    let b = minter.mint(&req).expect("mint");
+    let a = minter.mint(&req).expect("mint").minted;
+    let b = minter.mint(&req).expect("mint").minted;
     let txn = |t: &str| verify(&minter, t, "default-aud").1["txn"].clone();
     let (ta, tb) = (txn(&a.token), txn(&b.token));
     assert_ne!(ta, tb);
@@ -212,7 +215,8 @@ fn reuse_is_byte_identical_for_one_decision_only() {
     assert!(!first.reused);
     let again = minter.mint(&req).expect("mint");
     assert!(again.reused);
-    assert_eq!(first.token, again.token);
+    assert_eq!(first.minted.token, again.minted.token);
+    assert!(Arc::ptr_eq(&first.minted, &again.minted));
 
     // Another token (another subject), another grant, another policy generation: new tokens.
     let other_digest = [2u8; 32];
@@ -221,7 +225,7 @@ fn reuse_is_byte_identical_for_one_decision_only() {
     other_subject.token_digest = Some(&other_digest);
     let t = minter.mint(&other_subject).expect("mint");
     assert!(!t.reused);
-    assert_eq!(verify(&minter, &t.token, "svc").1["sub"], "bob");
+    assert_eq!(verify(&minter, &t.minted.token, "svc").1["sub"], "bob");
 
     let g2 = grant(&["s", "t"], &["svc"], None);
     let mut other_grant = request(&alice, &g2);
@@ -247,7 +251,7 @@ fn reuse_stops_at_half_of_the_lifetime() {
     let digest = [3u8; 32];
     let mut req = request(&auth, &g);
     req.token_digest = Some(&digest);
-    let first = minter.mint(&req).expect("mint");
+    let first = minter.mint(&req).expect("mint").minted;
     let lifetime = first.expires_at - first.issued_at;
     assert!(lifetime <= 2);
     // Wait until less than half remains (seconds resolution, so just past the midpoint).
@@ -274,10 +278,10 @@ fn txn_tokens_carry_the_request_context_and_are_never_reused() {
     let digest = [4u8; 32];
     let mut req = request(&auth, &g);
     req.token_digest = Some(&digest);
-    let a = minter.mint(&req).expect("mint");
+    let a = minter.mint(&req).expect("mint").minted;
     let b = minter.mint(&req).expect("mint");
     assert!(!b.reused);
-    assert_ne!(a.token, b.token);
+    assert_ne!(a.token, b.minted.token);
     let (header, claims) = verify(&minter, &a.token, "default-aud");
     assert_eq!(header.typ.as_deref(), Some("txntoken+jwt"));
     assert_eq!(
@@ -325,7 +329,7 @@ fn rotation_keeps_the_previous_key_published_for_max_ttl() {
     let digest = [5u8; 32];
     let mut req = request(&auth, &g);
     req.token_digest = Some(&digest);
-    let old = minter.mint(&req).expect("mint");
+    let old = minter.mint(&req).expect("mint").minted;
     assert_eq!(minter.keys().kids(), ["first"]);
     // The same content again changes nothing.
     assert_eq!(minter.keys().reload(), Ok(false));
@@ -342,6 +346,7 @@ fn rotation_keeps_the_previous_key_published_for_max_ttl() {
     // The new key signs at once (a reused token signed by the old key is not handed out).
     let new = minter.mint(&req).expect("mint");
     assert!(!new.reused);
+    let new = new.minted;
     assert_eq!(
         jsonwebtoken::decode_header(&*new.token)
             .expect("h")
