@@ -107,7 +107,7 @@ pub enum MintFormat {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "PartialCacheConfig")]
 pub struct CacheConfig {
     /// Verified tokens: a token is verified once, then served from here until its `exp`.
     pub tokens: CacheSettings,
@@ -115,16 +115,32 @@ pub struct CacheConfig {
     pub decisions: CacheSettings,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {
-    #[serde(default = "default_true")]
     pub enabled: bool,
     /// Most entries kept; the least useful are evicted first.
-    #[serde(default = "default_cache_entries")]
     pub max_entries: u64,
     /// Longest an entry lives (never past the token's `exp`).
     pub ttl: Seconds,
+}
+
+/// `cache` as written: each cache's defaults differ, so every key is optional here and
+/// filled from that cache's own defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialCacheConfig {
+    #[serde(default)]
+    tokens: PartialCacheSettings,
+    #[serde(default)]
+    decisions: PartialCacheSettings,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialCacheSettings {
+    enabled: Option<bool>,
+    max_entries: Option<u64>,
+    ttl: Option<Seconds>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -759,27 +775,35 @@ impl Default for ServerConfig {
     }
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_cache_entries() -> u64 {
-    100_000
-}
-
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             tokens: CacheSettings {
                 enabled: true,
-                // About 1.6 KiB a token: 10,000 tokens stay under 20 MiB.
+                // About 0.9 KiB a token: 10,000 tokens stay under 10 MiB.
                 max_entries: 10_000,
                 ttl: Seconds(Duration::from_secs(300)),
             },
             decisions: CacheSettings {
                 enabled: true,
-                max_entries: default_cache_entries(),
+                max_entries: 100_000,
                 ttl: Seconds(Duration::from_secs(60)),
             },
+        }
+    }
+}
+
+impl From<PartialCacheConfig> for CacheConfig {
+    fn from(p: PartialCacheConfig) -> Self {
+        let defaults = CacheConfig::default();
+        let merge = |p: PartialCacheSettings, d: CacheSettings| CacheSettings {
+            enabled: p.enabled.unwrap_or(d.enabled),
+            max_entries: p.max_entries.unwrap_or(d.max_entries),
+            ttl: p.ttl.unwrap_or(d.ttl),
+        };
+        CacheConfig {
+            tokens: merge(p.tokens, defaults.tokens),
+            decisions: merge(p.decisions, defaults.decisions),
         }
     }
 }

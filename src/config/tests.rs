@@ -209,3 +209,128 @@ fn mint_problems_are_listed_by_key() {
     // A disabled section is not checked beyond its types.
     parse(&format!("{MINIMAL}mint:\n  algorithm: HS256\n")).expect("disabled");
 }
+
+/// `(key path, default)` for every key of `docs/configuration.md` whose default is one
+/// literal, e.g. `("cache.decisions.ttl", "1m")`.
+fn documented_defaults() -> Vec<(String, String)> {
+    let doc = include_str!("../../docs/configuration.md");
+    let mut section = None;
+    let mut out = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## `").and_then(|h| h.strip_suffix('`')) {
+            section = Some(h.to_string());
+            continue;
+        }
+        if line.starts_with("## ") || line.starts_with("### ") {
+            // Issuer entries are list items, checked by `issuer_defaults_apply_key_by_key`.
+            section = None;
+            continue;
+        }
+        let (Some(section), Some(row)) = (&section, line.strip_prefix("| `")) else {
+            continue;
+        };
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (Some(key), Some(default)) = (cells.first(), cells.get(1)) else {
+            continue;
+        };
+        let key = key.trim_end_matches('`');
+        let literal = default
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix('`'))
+            .filter(|d| !d.contains('`'));
+        if let Some(literal) = literal
+            && !key.contains('[')
+        {
+            out.push((format!("{section}.{key}"), literal.to_string()));
+        }
+    }
+    out
+}
+
+/// The config with `keys` set (dotted paths, YAML scalars) on top of the minimal one.
+fn with_keys(keys: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut tree: yaml_serde::Value = yaml_serde::from_str(MINIMAL).expect("yaml");
+    for (path, value) in keys {
+        let path: Vec<String> = path.split('.').map(str::to_string).collect();
+        let value = yaml_serde::from_str(value).expect("scalar");
+        set_path(&mut tree, &path, value).expect("path");
+    }
+    parse(&yaml_serde::to_string(&tree).expect("yaml"))
+}
+
+fn as_yaml(c: &Config) -> String {
+    yaml_serde::to_string(c).expect("serialize")
+}
+
+#[test]
+fn every_documented_default_applies_key_by_key() {
+    let documented = documented_defaults();
+    assert!(documented.len() > 30, "{documented:?}");
+    for (key, default) in &documented {
+        // A sibling in the same section, so the section is given in part without `key`.
+        let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+        let sibling = documented
+            .iter()
+            .find(|(k, _)| k != key && k.rsplit_once('.').map(|(s, _)| s) == Some(section));
+        let mut without: Vec<(&str, &str)> = Vec::new();
+        if let Some((k, v)) = sibling {
+            without.push((k, v));
+        }
+        let omitted =
+            with_keys(&without).unwrap_or_else(|e| panic!("{key} omitted, {without:?} given: {e}"));
+        let mut with = without.clone();
+        with.push((key, default));
+        let explicit = with_keys(&with).unwrap_or_else(|e| panic!("{key}: {default} given: {e}"));
+        assert_eq!(
+            as_yaml(&omitted),
+            as_yaml(&explicit),
+            "{key}: omitting it does not give the documented default `{default}`"
+        );
+    }
+}
+
+#[test]
+fn a_cache_section_may_be_given_in_part() {
+    let c = with_keys(&[("cache.decisions.enabled", "false")]).expect("valid");
+    assert!(!c.cache.decisions.enabled);
+    assert_eq!(c.cache.decisions.ttl, Seconds(Duration::from_secs(60)));
+    assert_eq!(c.cache.decisions.max_entries, 100_000);
+    assert_eq!(c.cache.tokens.max_entries, 10_000);
+    let err = with_keys(&[("cache.tokens.size", "5")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("size"), "{err}");
+}
+
+#[test]
+fn issuer_defaults_apply_key_by_key() {
+    let doc = include_str!("../../docs/configuration.md");
+    let table = doc
+        .split("### `authn.issuers[]`")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .expect("issuer table");
+    let base = parse(MINIMAL).expect("valid").authn.issuers[0].clone();
+    let base = yaml_serde::to_value(&base).expect("yaml");
+    let mut checked = 0;
+    for row in table.lines().filter_map(|l| l.strip_prefix("| `")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let key = cells[0].trim_end_matches('`');
+        let Some(default) = cells[1]
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix('`'))
+            .filter(|d| !d.contains('`'))
+        else {
+            continue;
+        };
+        let path = format!("authn.issuers.0.{key}");
+        let explicit = with_keys(&[(&path, default)]).expect("valid");
+        let explicit = yaml_serde::to_value(&explicit.authn.issuers[0]).expect("yaml");
+        assert_eq!(
+            base, explicit,
+            "authn.issuers[].{key}: documented default `{default}`"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "{checked} issuer keys checked");
+}
