@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use onbehalf::authz::Authorizer;
 use onbehalf::config::{Config, Source};
 use onbehalf::input::CheckInput;
+use onbehalf::pipeline::Authorizer;
 use serde_json::json;
 
 const ISS: &str = "https://idp.bench";
@@ -99,7 +99,7 @@ fn request(token: &str) -> CheckRequest {
         ("user-agent", "agent-sdk/1.0"),
         ("x-request-id", "3f1c0a8e-8a6e-4c38-9b0e-6d1f2f7a9c11"),
     ];
-    onbehalf::check::RequestSpec {
+    onbehalf::cli::check::RequestSpec {
         method: "POST".into(),
         path: "/flights/bookings?seat=12A".into(),
         host: Some("service-b".into()),
@@ -179,12 +179,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("input/build", |b| {
         b.iter(|| {
             let input = CheckInput::try_from(black_box(&req)).expect("input");
-            input.document(&auth)
+            input.document(auth.parts())
         })
     });
 
     let snapshot = uncached.policies().load().expect("policy");
-    let document = CheckInput::try_from(&req).expect("input").document(&auth);
+    let document = CheckInput::try_from(&req)
+        .expect("input")
+        .document(auth.parts());
     c.bench_function("policy/evaluate_default", |b| {
         b.iter(|| {
             snapshot
@@ -196,9 +198,7 @@ fn benches(c: &mut Criterion) {
     let paths = &snapshot.policies.reads().input_paths;
     let input = CheckInput::try_from(&req).expect("input");
     c.bench_function("decision_cache/key", |b| {
-        b.iter(|| {
-            onbehalf::cache::DecisionCache::key(1, paths, black_box(&input), &auth, &mut None)
-        })
+        b.iter(|| onbehalf::key::decision_key(1, paths, black_box(&input), &auth, &mut None))
     });
 
     rt.block_on(onbehalf::grpc::respond(&cached, &req));

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::authz::Authorizer;
+use crate::pipeline::Authorizer;
 
 pub fn router(authorizer: Arc<Authorizer>) -> Router {
     Router::new()

@@ -13,12 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic_health::ServingStatus;
 
+use crate::authn::TokenCache;
 use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
-use crate::authz::Authorizer;
-use crate::cache::TokenCache;
 use crate::config::{Config, ListenAddr};
 use crate::grpc::AuthzService;
 use crate::mint::{KeyRing, Minter};
+use crate::pipeline::Authorizer;
 use crate::policy::PolicyStore;
 use crate::policy::bundle::SigningKey;
 use crate::policy::source::PolicySource;
@@ -248,7 +248,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 )))
         }
     };
-    let workers = crate::workers::count(config.server.worker_threads);
+    let workers = crate::serving::count(config.server.worker_threads);
     let grpc_stop = shutdown_rx.clone();
     let (grpc_addr, grpc_task) = match &config.server.grpc_addr {
         ListenAddr::Tcp(addr) => {
@@ -259,7 +259,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let incoming = tcp_incoming(listener);
             let task = spawn_server(
                 "gRPC",
-                crate::workers::serve(workers, incoming, make_router, grpc_stop),
+                crate::serving::serve(workers, incoming, make_router, grpc_stop),
                 exited_tx,
             );
             (ListenAddr::Tcp(bound), task)
@@ -280,7 +280,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             let task = spawn_server(
                 "gRPC",
-                crate::workers::serve(workers, incoming, make_router, grpc_stop),
+                crate::serving::serve(workers, incoming, make_router, grpc_stop),
                 exited_tx,
             );
             (ListenAddr::Unix(path.clone()), task)

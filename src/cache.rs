@@ -1,4 +1,5 @@
-//! moka caches on the hot path: verified tokens and decisions.
+//! Generic moka caches for the hot path: digest -> value, bounded in entries, each entry with
+//! a deadline.
 //!
 //! Keys are SHA-256 digests, so two different tokens or inputs never share an entry. Entries
 //! never outlive the token they were made for: each carries a deadline, the earlier of the
@@ -6,23 +7,16 @@
 //! answered as a miss). moka bounds the entry count; no timer per entry is kept, which saves
 //! memory on caches of 100,000 entries.
 //!
-//! The decision cache is sound by construction: its key covers the policy generation and every
-//! part of the input document the compiled policy can read (`policy::analysis::reads`), so a
-//! hit is exactly what a fresh evaluation would answer. A policy that calls a builtin whose
-//! answer varies (time, randomness) is never cached.
+//! What is cached, and what the keys cover, is for the layers above: verified tokens
+//! (`authn::TokenCache`) and decisions (`key` derives their keys from what the policy reads).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use moka::sync::Cache;
 
-use crate::authn::Authenticated;
 use crate::config::CacheSettings;
-use crate::decision::Decision;
-use crate::input::{CheckInput, TokenParts, is_token_path};
-use crate::policy::analysis::Segment;
 
 pub type Digest = [u8; 32];
 
@@ -57,47 +51,35 @@ impl std::hash::Hasher for DigestHasher {
     }
 }
 
-/// A token that verified, with what is needed to drop it when its key goes away. Held by
-/// value (a read clones two `Arc`s), saving an allocation per entry.
-#[derive(Debug, Clone)]
-pub struct CachedToken {
-    pub auth: Arc<Authenticated>,
-    pub kid: Option<Arc<str>>,
-    /// Digest of the verifying key's material: a `kid` reused for another key misses.
-    pub key_fingerprint: Digest,
+/// Values by digest, each until its deadline.
+pub struct DeadlineCache<V> {
+    cache: Cache<Digest, Entry<V>, DigestState>,
+    max_ttl: Duration,
+}
+
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
     /// Milliseconds since the epoch after which the entry is not used.
     valid_until: u64,
 }
 
-/// A decision and when it stops being valid (milliseconds since the epoch). Kept small — a
-/// decision cache holds up to 100,000 of these: the policy's raw result is not kept, the
-/// decision is shared, and the deadline is checked on read rather than by a timer per entry.
-#[derive(Debug, Clone)]
-pub struct CachedDecision {
-    pub decision: Arc<Decision>,
-    valid_until: u64,
-}
-
-/// Verified tokens by digest.
-pub struct TokenCache {
-    cache: Cache<Digest, CachedToken, DigestState>,
-    max_ttl: Duration,
-}
-
-/// Decisions by digest of (policy generation, what the policy reads).
-pub struct DecisionCache {
-    cache: Cache<Digest, CachedDecision, DigestState>,
-    /// Decisions by digest of the policy result they came from: entries share one decision
-    /// per distinct result, so 100,000 entries of a policy with a handful of answers hold a
-    /// handful of decisions.
-    interned: Cache<Digest, Arc<Decision>, DigestState>,
-    max_ttl: Duration,
+/// Values of one policy generation by digest, each until its deadline. Equal values can be
+/// interned: entries made from equal policy results share one value.
+pub struct DecisionCache<V> {
+    entries: DeadlineCache<V>,
+    interned: Cache<Digest, V, DigestState>,
+    /// The generation whose entries are held: a new one empties the cache.
     generation: AtomicU64,
 }
 
 /// SHA-256 of a token.
 pub fn token_digest(token: &str) -> Digest {
-    to_array(digest::digest(&digest::SHA256, token.as_bytes()))
+    sha256(token.as_bytes())
+}
+
+pub fn sha256(bytes: &[u8]) -> Digest {
+    to_array(digest::digest(&digest::SHA256, bytes))
 }
 
 fn now_ms() -> u64 {
@@ -116,7 +98,7 @@ pub fn deadline(exp: Option<i64>, max: Duration) -> Option<u64> {
     Some(exp.min(now.saturating_add(max))).filter(|until| *until > now)
 }
 
-fn to_array(d: digest::Digest) -> Digest {
+pub fn to_array(d: digest::Digest) -> Digest {
     let mut out = [0u8; 32];
     for (o, b) in out.iter_mut().zip(d.as_ref()) {
         *o = *b;
@@ -124,62 +106,54 @@ fn to_array(d: digest::Digest) -> Digest {
     out
 }
 
-// === impl TokenCache ===
+// === impl DeadlineCache ===
 
-impl TokenCache {
-    pub fn new(settings: &CacheSettings) -> TokenCache {
-        TokenCache {
-            cache: Cache::builder()
-                .max_capacity(settings.max_entries)
-                .support_invalidation_closures()
-                .build_with_hasher(DigestState),
+impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
+    /// A cache of `settings.max_entries`, entries living at most `settings.ttl`;
+    /// `selective`: entries may be dropped by a predicate (`invalidate_if`).
+    pub fn new(settings: &CacheSettings, selective: bool) -> DeadlineCache<V> {
+        let mut builder = Cache::builder().max_capacity(settings.max_entries);
+        if selective {
+            builder = builder.support_invalidation_closures();
+        }
+        DeadlineCache {
+            cache: builder.build_with_hasher(DigestState),
             max_ttl: settings.ttl.0,
         }
     }
 
-    pub fn get(&self, key: &Digest) -> Option<CachedToken> {
+    /// The value for `key`, unless past its deadline (then it is dropped).
+    pub fn get(&self, key: &Digest) -> Option<V> {
         let entry = self.cache.get(key)?;
         if now_ms() >= entry.valid_until {
             self.cache.invalidate(key);
             return None;
         }
-        Some(entry)
+        Some(entry.value)
     }
 
-    /// Caches a verified token until the earlier of its `exp` and the TTL.
-    pub fn insert(
-        &self,
-        key: Digest,
-        auth: Arc<Authenticated>,
-        kid: Option<Arc<str>>,
-        key_fingerprint: Digest,
-    ) {
-        let Some(valid_until) = deadline(auth.expires_at, self.max_ttl) else {
-            return;
-        };
-        let entry = CachedToken {
-            auth,
-            kid,
-            key_fingerprint,
-            valid_until,
-        };
-        self.cache.insert(key, entry);
+    /// Keeps `value` until the earlier of `exp` (seconds since the epoch) and the TTL; not
+    /// at all when that is already past (or there is no `exp`).
+    pub fn insert(&self, key: Digest, value: V, exp: Option<i64>) {
+        if let Some(valid_until) = deadline(exp, self.max_ttl) {
+            self.cache.insert(key, Entry { value, valid_until });
+        }
     }
 
-    /// Drops every token verified by one of `kids` of `issuer` (keys removed from its JWKS).
-    pub fn invalidate_keys(&self, issuer: &str, kids: Vec<String>) {
-        let issuer: Arc<str> = issuer.into();
-        let result = self.cache.invalidate_entries_if(move |_, v| {
-            *v.auth.issuer == *issuer
-                && v.kid
-                    .as_ref()
-                    .is_some_and(|k| kids.iter().any(|x| **x == **k))
-        });
-        if let Err(e) = result {
-            // Only when closures are not enabled; they are. Fall back to dropping everything.
-            tracing::warn!(error = %e, "Cannot invalidate selectively; clearing the token cache");
+    /// Drops every entry whose value matches; everything when the cache was not built
+    /// `selective`.
+    pub fn invalidate_if(&self, predicate: impl Fn(&V) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |_, entry| predicate(&entry.value))
+        {
+            tracing::warn!(error = %e, "Cannot invalidate selectively; clearing the cache");
             self.cache.invalidate_all();
         }
+    }
+
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -194,133 +168,50 @@ impl TokenCache {
 
 // === impl DecisionCache ===
 
-impl DecisionCache {
-    pub fn new(settings: &CacheSettings) -> DecisionCache {
+impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
+    pub fn new(settings: &CacheSettings) -> DecisionCache<V> {
         DecisionCache {
-            cache: Cache::builder()
-                .max_capacity(settings.max_entries)
-                .build_with_hasher(DigestState),
+            entries: DeadlineCache::new(settings, false),
             interned: Cache::builder()
                 .max_capacity(4096)
                 .time_to_live(settings.ttl.0)
                 .build_with_hasher(DigestState),
-            max_ttl: settings.ttl.0,
             generation: AtomicU64::new(0),
         }
     }
 
-    /// The key: the policy generation, the token-derived share (`Authenticated::key_part`),
-    /// and for each request-derived path the policy reads, the path and the value the
-    /// document holds there (canonical JSON; `U` where undefined). Paths are written with
-    /// their length so that no two different inputs write the same bytes.
-    pub fn key(
-        generation: u64,
-        paths: &[Vec<Segment>],
-        input: &CheckInput<'_>,
-        auth: &Authenticated,
-        parts: &mut Option<TokenParts>,
-    ) -> Digest {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&generation.to_be_bytes());
-        ctx.update(&auth.key_part(generation, paths, parts));
-        let mut buf = Vec::with_capacity(256);
-        for path in paths.iter().filter(|p| !is_token_path(p)) {
-            buf.clear();
-            write_path(path, &mut buf);
-            input.feed_key(path, &mut buf);
-            ctx.update(&(buf.len() as u64).to_be_bytes());
-            ctx.update(&buf);
-        }
-        to_array(ctx.finish())
-    }
-
-    /// The cached decision for `key`, after dropping every entry of an older generation.
-    pub fn get(&self, generation: u64, key: &Digest) -> Option<Arc<Decision>> {
-        if self.generation.swap(generation, Ordering::AcqRel) != generation {
-            // A new policy: old entries can never hit again (the generation is in the key);
-            // free them now rather than at eviction.
-            self.cache.invalidate_all();
+    /// The cached value for `key` under policy `generation`. The first read of a new
+    /// generation drops every older entry (they can never hit again: the generation is in the
+    /// key); other reads only load the generation, so cores do not write one shared line on
+    /// every request.
+    pub fn get(&self, generation: u64, key: &Digest) -> Option<V> {
+        if self.generation.load(Ordering::Acquire) != generation
+            && self.generation.swap(generation, Ordering::AcqRel) != generation
+        {
+            self.entries.invalidate_all();
             self.interned.invalidate_all();
         }
-        let entry = self.cache.get(key)?;
-        if now_ms() >= entry.valid_until {
-            // Past the TTL or the token's `exp`: as good as absent.
-            self.cache.invalidate(key);
-            return None;
-        }
-        Some(entry.decision)
+        self.entries.get(key)
     }
 
-    /// Caches `decision`, which the policy answered with `result`, until the earlier of the
-    /// token's `exp` and the TTL.
-    pub fn insert(
-        &self,
-        key: Digest,
-        decision: Arc<Decision>,
-        result: &regorus::Value,
-        token_exp: Option<i64>,
-    ) {
-        let Some(valid_until) = deadline(token_exp, self.max_ttl) else {
-            return;
+    /// Caches `value` until the earlier of `exp` and the TTL. `interned`: a digest of what
+    /// the value is a function of (the policy result): entries with equal digests share the
+    /// value first cached for it.
+    pub fn insert(&self, key: Digest, value: V, interned: Option<Digest>, exp: Option<i64>) {
+        let value = match interned {
+            Some(digest) => self.interned.get_with(digest, || value),
+            None => value,
         };
-        // A decision is a function of the result: equal results share one decision.
-        let decision = match serde_json::to_vec(result) {
-            Ok(json) => {
-                let digest = to_array(digest::digest(&digest::SHA256, &json));
-                self.interned.get_with(digest, || decision)
-            }
-            Err(_) => decision,
-        };
-        self.cache.insert(
-            key,
-            CachedDecision {
-                decision,
-                valid_until,
-            },
-        );
+        self.entries.insert(key, value, exp);
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.entries.entry_count()
     }
 
-    /// Runs moka's pending maintenance (tests and benchmarks read exact counts).
     pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
+        self.entries.run_pending_tasks();
     }
-}
-
-/// The digest of what `parts` hold at the token-derived paths among `paths`.
-pub fn token_part_digest(parts: &TokenParts, paths: &[Vec<Segment>]) -> Digest {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut buf = Vec::with_capacity(256);
-    for path in paths {
-        buf.clear();
-        write_path(path, &mut buf);
-        if parts.feed_key(path, &mut buf) {
-            ctx.update(&(buf.len() as u64).to_be_bytes());
-            ctx.update(&buf);
-        }
-    }
-    to_array(ctx.finish())
-}
-
-fn write_path(path: &[Segment], buf: &mut Vec<u8>) {
-    buf.extend_from_slice(&(path.len() as u64).to_be_bytes());
-    for seg in path {
-        match seg {
-            Segment::Key(k) => {
-                buf.push(b'k');
-                buf.extend_from_slice(&(k.len() as u64).to_be_bytes());
-                buf.extend_from_slice(k.as_bytes());
-            }
-            Segment::Index(i) => {
-                buf.push(b'i');
-                buf.extend_from_slice(&i.to_be_bytes());
-            }
-        }
-    }
-    buf.push(b'=');
 }
 
 #[cfg(test)]

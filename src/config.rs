@@ -61,9 +61,9 @@ pub struct MintConfig {
     #[serde(skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub audience: Vec<String>,
     /// Lifetime when the grant names none.
-    pub ttl: Seconds,
+    pub ttl: Interval,
     /// Longest lifetime of any minted token, whatever the grant says.
-    pub max_ttl: Seconds,
+    pub max_ttl: Interval,
     /// Upstream request header that carries the token: `authorization` carries
     /// `Bearer <jwt>`, any other name the bare token. Default `authorization`, or `txn-token`
     /// for the Transaction Token format.
@@ -121,7 +121,7 @@ pub struct CacheSettings {
     /// Most entries kept; the least useful are evicted first.
     pub max_entries: u64,
     /// Longest an entry lives (never past the token's `exp`).
-    pub ttl: Seconds,
+    pub ttl: Interval,
 }
 
 /// `cache` as written: each cache's defaults differ, so every key is optional here and
@@ -140,7 +140,7 @@ struct PartialCacheConfig {
 struct PartialCacheSettings {
     enabled: Option<bool>,
     max_entries: Option<u64>,
-    ttl: Option<Seconds>,
+    ttl: Option<Interval>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ pub struct ServerConfig {
     /// `host:port` of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
-    pub shutdown_grace: Seconds,
+    pub shutdown_grace: Interval,
     /// Threads answering checks, each serving whole connections; 0 means one per CPU core.
     pub worker_threads: usize,
 }
@@ -172,11 +172,11 @@ pub struct PolicyConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_url: Option<String>,
     /// Time between two polls of `bundle_url`, with ±20% jitter.
-    pub poll_interval: Seconds,
+    pub poll_interval: Interval,
     /// Longest wait between retries after failed polls (backoff doubles from 1s).
-    pub max_backoff: Seconds,
+    pub max_backoff: Interval,
     /// Connect + response timeout of one bundle download.
-    pub fetch_timeout: Seconds,
+    pub fetch_timeout: Interval,
     /// Bearer token sent with bundle downloads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<String>,
@@ -188,7 +188,7 @@ pub struct PolicyConfig {
     /// Largest total size of a bundle's files once decompressed, in bytes.
     pub max_content_bytes: u64,
     /// Longest a single evaluation may run; past it the request is denied.
-    pub eval_timeout: Seconds,
+    pub eval_timeout: Interval,
     pub signing: SigningConfig,
 }
 
@@ -242,7 +242,7 @@ pub struct IssuerConfig {
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     #[serde(default = "default_leeway")]
-    pub leeway: Seconds,
+    pub leeway: Interval,
     /// Keys from a local JWKS file.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -254,13 +254,13 @@ pub struct IssuerConfig {
     pub discovery: bool,
     /// How long fetched keys are used before they are fetched again.
     #[serde(default = "default_jwks_ttl")]
-    pub jwks_ttl: Seconds,
+    pub jwks_ttl: Interval,
     /// Least time between two fetches triggered by an unknown `kid`.
     #[serde(default = "default_min_refresh")]
-    pub min_refresh_interval: Seconds,
+    pub min_refresh_interval: Interval,
     /// Connect + response timeout of one fetch.
     #[serde(default = "default_fetch_timeout")]
-    pub fetch_timeout: Seconds,
+    pub fetch_timeout: Interval,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,7 +297,7 @@ pub enum ListenAddr {
 
 /// A duration written as `250ms`, `30s`, `5m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
+pub struct Interval(pub Duration);
 
 /// Where configuration text came from, for error messages.
 #[derive(Debug, Clone)]
@@ -751,17 +751,17 @@ fn is_header_name(name: &str) -> bool {
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
 }
-fn default_leeway() -> Seconds {
-    Seconds(Duration::from_secs(30))
+fn default_leeway() -> Interval {
+    Interval(Duration::from_secs(30))
 }
-fn default_jwks_ttl() -> Seconds {
-    Seconds(Duration::from_secs(300))
+fn default_jwks_ttl() -> Interval {
+    Interval(Duration::from_secs(300))
 }
-fn default_min_refresh() -> Seconds {
-    Seconds(Duration::from_secs(10))
+fn default_min_refresh() -> Interval {
+    Interval(Duration::from_secs(10))
 }
-fn default_fetch_timeout() -> Seconds {
-    Seconds(Duration::from_secs(5))
+fn default_fetch_timeout() -> Interval {
+    Interval(Duration::from_secs(5))
 }
 
 impl Default for ServerConfig {
@@ -769,7 +769,7 @@ impl Default for ServerConfig {
         ServerConfig {
             grpc_addr: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
-            shutdown_grace: Seconds(Duration::from_secs(5)),
+            shutdown_grace: Interval(Duration::from_secs(5)),
             worker_threads: 0,
         }
     }
@@ -782,12 +782,12 @@ impl Default for CacheConfig {
                 enabled: true,
                 // About 0.9 KiB a token: 10,000 tokens stay under 10 MiB.
                 max_entries: 10_000,
-                ttl: Seconds(Duration::from_secs(300)),
+                ttl: Interval(Duration::from_secs(300)),
             },
             decisions: CacheSettings {
                 enabled: true,
                 max_entries: 100_000,
-                ttl: Seconds(Duration::from_secs(60)),
+                ttl: Interval(Duration::from_secs(60)),
             },
         }
     }
@@ -819,14 +819,14 @@ impl Default for PolicyConfig {
             dir: None,
             bundle_file: None,
             bundle_url: None,
-            poll_interval: Seconds(Duration::from_secs(30)),
-            max_backoff: Seconds(Duration::from_secs(120)),
-            fetch_timeout: Seconds(Duration::from_secs(10)),
+            poll_interval: Interval(Duration::from_secs(30)),
+            max_backoff: Interval(Duration::from_secs(120)),
+            fetch_timeout: Interval(Duration::from_secs(10)),
             bearer_token: None,
             bearer_token_file: None,
             max_bundle_bytes: 16 * 1024 * 1024,
             max_content_bytes: 64 * 1024 * 1024,
-            eval_timeout: Seconds(Duration::from_millis(100)),
+            eval_timeout: Interval(Duration::from_millis(100)),
             signing: SigningConfig::default(),
         }
     }
@@ -850,8 +850,8 @@ impl Default for MintConfig {
             enabled: false,
             issuer: String::new(),
             audience: Vec::new(),
-            ttl: Seconds(Duration::from_secs(60)),
-            max_ttl: Seconds(Duration::from_secs(300)),
+            ttl: Interval(Duration::from_secs(60)),
+            max_ttl: Interval(Duration::from_secs(300)),
             header: None,
             without_grant: WithoutGrant::Deny,
             key_file: None,
@@ -978,9 +978,9 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-// === impl Seconds ===
+// === impl Interval ===
 
-impl std::str::FromStr for Seconds {
+impl std::str::FromStr for Interval {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
@@ -996,11 +996,11 @@ impl std::str::FromStr for Seconds {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             _ => return Err(format!("`{s}` is not a duration like 250ms, 30s, 5m or 1h")),
         };
-        Ok(Seconds(d))
+        Ok(Interval(d))
     }
 }
 
-impl fmt::Display for Seconds {
+impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         if ms.is_multiple_of(1000) {
@@ -1011,13 +1011,13 @@ impl fmt::Display for Seconds {
     }
 }
 
-impl Serialize for Seconds {
+impl Serialize for Interval {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for Seconds {
+impl<'de> Deserialize<'de> for Interval {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)

@@ -7,9 +7,9 @@ use std::time::Instant;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Authorizer, Outcome};
 use crate::decision::{Decision, DenyReason};
 use crate::input::CheckInput;
+use crate::pipeline::{Authorizer, Outcome};
 
 /// The tonic service. Every request gets a decision: `Ok(CheckResponse)`, allow or deny.
 #[derive(Clone)]

@@ -17,8 +17,7 @@ use envoy_types::pb::google::protobuf as pbuf;
 use percent_encoding::percent_decode_str;
 use regorus::Value;
 
-use crate::authn::{Authenticated, Party};
-use crate::policy::analysis::Segment;
+use crate::identity::{Delegation, Party, TokenInfo};
 
 /// Envoy sets this header when `with_request_body` cut the body at `max_request_bytes`.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
@@ -56,6 +55,13 @@ pub struct TokenParts {
     actor: Value,
     delegation: Value,
     token: Value,
+}
+
+/// One step of a static path below `input`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Segment {
+    Key(String),
+    Index(u64),
 }
 
 /// Top-level keys of the input document that come from the token.
@@ -138,13 +144,8 @@ impl CheckInput<'_> {
             .get_or_init(|| attributes(self.attrs, &self.headers))
     }
 
-    /// The Rego input document for this request and its verified token.
-    pub fn document(&self, auth: &Authenticated) -> Value {
-        self.document_with(auth.parts())
-    }
-
-    /// The Rego input document, with the token's parts already built.
-    pub fn document_with(&self, parts: TokenParts) -> Value {
+    /// The Rego input document for this request, with its token's parts.
+    pub fn document(&self, parts: TokenParts) -> Value {
         let mut doc = BTreeMap::new();
         for key in REQUEST_KEYS {
             if let Some(v) = self.request_part(key) {
@@ -229,7 +230,7 @@ impl CheckInput<'_> {
 
 impl TokenParts {
     /// The token-derived parts of the document, built once.
-    pub fn build(delegation: &crate::authn::Delegation, token: &crate::authn::TokenInfo) -> Self {
+    pub fn build(delegation: &Delegation, token: &TokenInfo) -> Self {
         let t = token;
         TokenParts {
             subject: party(&delegation.subject),

@@ -12,19 +12,56 @@
     )
 )]
 
-pub mod admin;
-pub mod app;
-pub mod authn;
-pub mod authz;
-pub mod cache;
-pub mod check;
-pub mod config;
-pub mod decision;
-pub mod grpc;
-pub mod input;
+// Modules in layer order, lowest first: each imports only modules above it in this list
+// (`crate::x` outside `tests.rs` files), never one below. `src/tests.rs` checks it. One
+// declaration per paragraph, so that rustfmt keeps the order.
+//
+//   jose, config, watch, serving: JOSE keys and algorithms, configuration, file watching,
+//     serving threads (no domain knowledge)
+//   identity, input: who a token names; the edge in (CheckRequest -> input document)
+//   cache: generic digest -> value caches with deadlines
+//   authn: bearer tokens -> verified identities
+//   policy: compiled Rego, bundles, read-set analysis, verdicts
+//   key: the decision-cache key from the policy's read set, the input and the identity
+//   decision, telemetry: the edge out (Decision -> CheckResponse); counters and logging
+//   mint: just-in-time upstream tokens
+//   pipeline: the phase order of one Check
+//   grpc, cli, admin, app: serving, the CLI's library half, the admin server, wiring
 pub mod jose;
-pub mod mint;
-pub mod policy;
-pub mod telemetry;
+
+pub mod config;
+
 pub mod watch;
-pub mod workers;
+
+pub mod serving;
+
+pub mod identity;
+
+pub mod input;
+
+pub mod cache;
+
+pub mod authn;
+
+pub mod policy;
+
+pub mod key;
+
+pub mod decision;
+
+pub mod telemetry;
+
+pub mod mint;
+
+pub mod pipeline;
+
+pub mod grpc;
+
+pub mod cli;
+
+pub mod admin;
+
+pub mod app;
+
+#[cfg(test)]
+mod tests;

@@ -144,8 +144,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             onbehalf::telemetry::init_logging(&config.log);
             let mut spec = match request {
-                Some(path) => onbehalf::check::RequestSpec::from_file(&path)?,
-                None => onbehalf::check::RequestSpec {
+                Some(path) => onbehalf::cli::check::RequestSpec::from_file(&path)?,
+                None => onbehalf::cli::check::RequestSpec {
                     method: "GET".into(),
                     path: "/".into(),
                     ..Default::default()
@@ -169,7 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (authorizer, source) = onbehalf::app::build_authorizer(&config)?;
             onbehalf::app::load_once(&authorizer, &source).await?;
             let (report, allowed) =
-                onbehalf::check::run(&authorizer, &spec, &config.authn.header).await;
+                onbehalf::cli::check::run(&authorizer, &spec, &config.authn.header).await;
             let text = serde_json::to_string_pretty(&report).context("printing the report")?;
             println!("{text}");
             Ok(match allowed {

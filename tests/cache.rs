@@ -2,7 +2,7 @@
 //! removed from a JWKS stop cached tokens, and a new policy revision is never answered from
 //! an older one's cache.
 
-use onbehalf::authz::Authorizer;
+use onbehalf::pipeline::Authorizer;
 use onbehalf::policy::Bundle;
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -10,34 +10,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::AuthnError;
-
-/// A party in a delegation: the subject or one actor.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Party {
-    pub id: Arc<str>,
-    /// Every claim of this party except the nested `act`.
-    pub claims: Map<String, Value>,
-}
-
-/// Who the request is for, and who is acting.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delegation {
-    pub subject: Party,
-    /// Current actor first, earliest actor last; empty when the user calls directly.
-    pub chain: Vec<Party>,
-}
-
-/// Facts about the token itself, for `input.token`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenInfo {
-    pub issuer: String,
-    pub audience: Vec<String>,
-    pub scopes: Vec<String>,
-    pub expires_at: Option<i64>,
-    pub jti: Option<String>,
-    /// The JOSE header's `typ`, e.g. `JWT` or `at+jwt`.
-    pub kind: Option<String>,
-}
+use crate::identity::{Delegation, Party, TokenInfo};
 
 /// Decodes subject and actors from verified claims.
 pub fn decode(claims: &Map<String, Value>, max_depth: usize) -> Result<Delegation, AuthnError> {
@@ -66,19 +39,6 @@ fn party(claims: &Map<String, Value>) -> Option<Party> {
         id: Arc::from(id),
         claims,
     })
-}
-
-// === impl Delegation ===
-
-impl Delegation {
-    /// The current actor, or `None` when the subject calls directly.
-    pub fn actor(&self) -> Option<&Party> {
-        self.chain.first()
-    }
-
-    pub fn depth(&self) -> usize {
-        self.chain.len()
-    }
 }
 
 // === impl TokenInfo ===

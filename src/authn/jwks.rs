@@ -18,7 +18,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use tokio::sync::Mutex;
 
 use super::AuthnError;
-use crate::cache::{Digest, TokenCache};
+use super::TokenCache;
+use crate::cache::Digest;
 use crate::config::IssuerConfig;
 
 /// Largest JWKS or discovery document accepted.

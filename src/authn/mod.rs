@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
-use crate::cache::{TokenCache, token_digest};
+use crate::cache::{Digest, token_digest};
 use crate::config::AuthnConfig;
 
 pub mod chain;
 pub mod jwks;
+mod token_cache;
 
-pub use chain::{Delegation, Party, TokenInfo};
+pub use crate::identity::{Delegation, Party, TokenInfo};
 pub use jwks::{IssuerKeys, KeySet};
+pub use token_cache::{CachedToken, TokenCache};
 
 /// Why a token was refused. Every variant is a 401; the text is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +72,7 @@ pub struct Authenticated {
     claims: Box<str>,
     /// Digest of what the current policy reads of `parts`, by policy generation: the
     /// token-derived share of a decision-cache key, computed once per token and policy.
-    key_part: arc_swap::ArcSwapOption<(u64, crate::cache::Digest)>,
+    key_part: arc_swap::ArcSwapOption<(u64, Digest)>,
 }
 
 // === impl Authenticated ===
@@ -180,24 +182,18 @@ impl Authenticated {
         self.chain.first()
     }
 
-    /// The token-derived share of a decision-cache key for policy `generation`, which reads
-    /// `paths`. When it has to build the token's document parts, it leaves them in `parts`
-    /// for the evaluation that follows a miss.
-    pub fn key_part(
-        &self,
-        generation: u64,
-        paths: &[Vec<crate::policy::analysis::Segment>],
-        parts: &mut Option<crate::input::TokenParts>,
-    ) -> crate::cache::Digest {
-        if let Some(cached) = self.key_part.load().as_ref()
-            && cached.0 == generation
-        {
-            return cached.1;
-        }
-        let built = parts.get_or_insert_with(|| self.parts());
-        let digest = crate::cache::token_part_digest(built, paths);
+    /// The token-derived share of a decision-cache key for policy `generation`, when it was
+    /// computed already (by `key::decision_key`).
+    pub fn key_part(&self, generation: u64) -> Option<Digest> {
+        self.key_part
+            .load()
+            .as_ref()
+            .filter(|cached| cached.0 == generation)
+            .map(|cached| cached.1)
+    }
+
+    pub fn set_key_part(&self, generation: u64, digest: Digest) {
         self.key_part.store(Some(Arc::new((generation, digest))));
-        digest
     }
 }
 
@@ -217,7 +213,7 @@ pub struct Verified {
     /// from the claims while they were decoded, for the decision that follows.
     pub parts: Option<crate::input::TokenParts>,
     /// SHA-256 of the token, when the token cache computed it.
-    pub digest: Option<crate::cache::Digest>,
+    pub digest: Option<Digest>,
 }
 
 /// Characters percent-encoded in identity header values: controls, non-ASCII (always), and

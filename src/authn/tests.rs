@@ -5,7 +5,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
 use super::*;
-use crate::config::{IssuerConfig, Seconds};
+use crate::config::{Interval, IssuerConfig};
 
 const ISS: &str = "https://idp.test";
 const AUD: &str = "svc";
@@ -64,17 +64,17 @@ async fn verifier(kids: &[&str], dir: &tempfile::TempDir) -> Verifier {
         issuer: ISS.into(),
         audiences: vec![AUD.into()],
         algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
-        leeway: Seconds(std::time::Duration::from_secs(0)),
+        leeway: Interval(std::time::Duration::from_secs(0)),
         jwks_file: Some(path),
         jwks_uri: None,
         discovery: false,
-        jwks_ttl: Seconds(std::time::Duration::from_secs(300)),
-        min_refresh_interval: Seconds(std::time::Duration::from_secs(10)),
-        fetch_timeout: Seconds(std::time::Duration::from_secs(1)),
+        jwks_ttl: Interval(std::time::Duration::from_secs(300)),
+        min_refresh_interval: Interval(std::time::Duration::from_secs(10)),
+        fetch_timeout: Interval(std::time::Duration::from_secs(1)),
     };
     // Every verifier here caches, so each refusal below also shows a bad token is never
     // served from the cache.
-    let cache = Arc::new(crate::cache::TokenCache::new(
+    let cache = Arc::new(crate::authn::TokenCache::new(
         &crate::config::CacheConfig::default().tokens,
     ));
     let keys = Arc::new(IssuerKeys::new(&issuer, Some(cache.clone())).expect("client"));

@@ -106,7 +106,7 @@ struct Case {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<onbehalf::config::Seconds>().map(|d| d.0)
+    s.parse::<onbehalf::config::Interval>().map(|d| d.0)
 }
 
 fn main() -> ExitCode {
@@ -174,8 +174,8 @@ async fn noop(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop.send(true);
     });
-    let workers = onbehalf::workers::count(threads);
-    onbehalf::workers::serve(
+    let workers = onbehalf::serving::count(threads);
+    onbehalf::serving::serve(
         workers,
         incoming,
         || tonic::transport::Server::builder().add_service(AuthorizationServer::new(Noop)),
@@ -188,7 +188,7 @@ async fn noop(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
 
 /// The CheckRequest Envoy would send for an agent's call, built as `onbehalf check` builds it.
 fn request(token: &str, method: &str, path: &str) -> CheckRequest {
-    onbehalf::check::RequestSpec {
+    onbehalf::cli::check::RequestSpec {
         method: method.into(),
         path: path.into(),
         host: Some("service-b".into()),

@@ -28,7 +28,7 @@ fn defaults_fill_unset_keys() {
     let c = parse(MINIMAL).expect("valid");
     let iss = &c.authn.issuers[0];
     assert_eq!(iss.algorithms, vec!["RS256", "ES256", "EdDSA"]);
-    assert_eq!(iss.leeway, Seconds(Duration::from_secs(30)));
+    assert_eq!(iss.leeway, Interval(Duration::from_secs(30)));
     assert_eq!(c.headers.subject, "x-onbehalf-subject");
     assert_eq!(c.authn.header, "authorization");
     assert_eq!(c.log.format, LogFormat::Json);
@@ -108,7 +108,7 @@ fn env_overrides_nested_keys_and_list_items() {
         c.server.grpc_addr,
         ListenAddr::Unix(PathBuf::from("/tmp/onbehalf.sock"))
     );
-    assert_eq!(c.authn.issuers[0].leeway, Seconds(Duration::from_secs(5)));
+    assert_eq!(c.authn.issuers[0].leeway, Interval(Duration::from_secs(5)));
     assert_eq!(c.log.format, LogFormat::Text);
 }
 
@@ -157,12 +157,12 @@ fn durations_parse_and_print() {
         ("5m", Duration::from_secs(300)),
         ("1h", Duration::from_secs(3600)),
     ] {
-        let s: Seconds = text.parse().expect(text);
+        let s: Interval = text.parse().expect(text);
         assert_eq!(s.0, d);
-        assert_eq!(s.to_string().parse::<Seconds>().expect("round trip").0, d);
+        assert_eq!(s.to_string().parse::<Interval>().expect("round trip").0, d);
     }
     for bad in ["", "5", "s", "1.5s", "-1s", "10 days"] {
-        assert!(bad.parse::<Seconds>().is_err(), "{bad:?} should not parse");
+        assert!(bad.parse::<Interval>().is_err(), "{bad:?} should not parse");
     }
 }
 
@@ -176,8 +176,8 @@ fn mint_defaults_and_partial_sections() {
     .expect("a partial mint section is valid");
     let m = &c.mint;
     assert_eq!(m.audience, ["svc"]);
-    assert_eq!(m.ttl, Seconds(Duration::from_secs(60)));
-    assert_eq!(m.max_ttl, Seconds(Duration::from_secs(300)));
+    assert_eq!(m.ttl, Interval(Duration::from_secs(60)));
+    assert_eq!(m.max_ttl, Interval(Duration::from_secs(300)));
     assert_eq!(m.header(), "authorization");
     assert_eq!(m.without_grant, WithoutGrant::Deny);
     assert_eq!(m.algorithm, "ES256");
@@ -293,7 +293,7 @@ fn every_documented_default_applies_key_by_key() {
 fn a_cache_section_may_be_given_in_part() {
     let c = with_keys(&[("cache.decisions.enabled", "false")]).expect("valid");
     assert!(!c.cache.decisions.enabled);
-    assert_eq!(c.cache.decisions.ttl, Seconds(Duration::from_secs(60)));
+    assert_eq!(c.cache.decisions.ttl, Interval(Duration::from_secs(60)));
     assert_eq!(c.cache.decisions.max_entries, 100_000);
     assert_eq!(c.cache.tokens.max_entries, 10_000);
     let err = with_keys(&[("cache.tokens.size", "5")])

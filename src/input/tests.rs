@@ -6,6 +6,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use serde_json::json;
 
 use super::*;
+use crate::authn::Authenticated;
 
 fn request(path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
     CheckRequest {
@@ -60,7 +61,7 @@ fn auth() -> Authenticated {
 
 fn doc(req: &CheckRequest) -> serde_json::Value {
     let input = CheckInput::try_from(req).expect("valid input");
-    serde_json::to_value(input.document(&auth())).expect("json")
+    serde_json::to_value(input.document(auth().parts())).expect("json")
 }
 
 #[test]
@@ -132,7 +133,7 @@ fn direct_user_has_null_actor() {
     let req = request("/", &[], "");
     let input = CheckInput::try_from(&req).expect("valid");
     let a = auth_from(json!({"iss": "https://idp", "aud": "svc", "sub": "alice", "exp": 1}));
-    let d = serde_json::to_value(input.document(&a)).expect("json");
+    let d = serde_json::to_value(input.document(a.parts())).expect("json");
     assert_eq!(d["actor"], serde_json::Value::Null);
     assert_eq!(d["delegation"], json!({"chain": [], "depth": 0}));
 }
@@ -237,7 +238,7 @@ fn fast_key_paths_write_what_the_document_holds() {
     use crate::policy::analysis::Segment::Key;
     let req = request("/a?x=1", &[("x-tier", "gold")], "");
     let input = CheckInput::try_from(&req).expect("valid");
-    let doc = input.document(&auth());
+    let doc = input.document(auth().parts());
     let path = |segs: &[&str]| segs.iter().map(|s| Key(s.to_string())).collect::<Vec<_>>();
     for p in [
         path(&["attributes", "request", "http", "method"]),

@@ -5,7 +5,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value as Json, json};
 
 use super::*;
-use crate::config::Seconds;
+use crate::config::Interval;
 
 const ISS: &str = "https://onbehalf.test";
 
@@ -121,8 +121,8 @@ fn a_direct_user_gets_no_act_claim() {
 #[test]
 fn lifetime_is_capped_by_max_ttl_and_by_the_delegation_token() {
     let cfg = MintConfig {
-        ttl: Seconds(Duration::from_secs(60)),
-        max_ttl: Seconds(Duration::from_secs(120)),
+        ttl: Interval(Duration::from_secs(60)),
+        max_ttl: Interval(Duration::from_secs(120)),
         ..config()
     };
     let minter = Minter::new(&cfg).expect("minter");
@@ -370,7 +370,7 @@ fn retired_keys_leave_the_jwks_after_max_ttl() {
     let cfg = MintConfig {
         key_file: Some(write_key(dir.path(), "ec-1.pem")),
         // Retired keys are published for max_ttl: zero makes them leave at once.
-        max_ttl: Seconds(Duration::ZERO),
+        max_ttl: Interval(Duration::ZERO),
         ..config()
     };
     let minter = Minter::new(&cfg).expect("minter");

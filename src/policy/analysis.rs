@@ -11,6 +11,8 @@ use std::collections::HashSet;
 
 use regorus::unstable::{BUILTINS, Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 
+pub use crate::input::Segment;
+
 /// Builtins whose result is not a function of their arguments.
 const NONDETERMINISTIC: &[&str] = &[
     "time.now_ns",
@@ -20,13 +22,6 @@ const NONDETERMINISTIC: &[&str] = &[
     "http.send",
     "net.lookup_ip_addr",
 ];
-
-/// One step of a static path below `input`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Segment {
-    Key(String),
-    Index(u64),
-}
 
 /// What a policy can read that varies between requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

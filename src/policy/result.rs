@@ -290,7 +290,7 @@ fn grant(v: &Json) -> Result<Grant, VerdictError> {
     let ttl = match o.get("ttl") {
         None => None,
         Some(Json::String(s)) => Some(
-            s.parse::<crate::config::Seconds>()
+            s.parse::<crate::config::Interval>()
                 .map_err(|e| bad(format!("`grant.ttl`: {e}")))?
                 .0,
         ),

@@ -151,14 +151,6 @@ impl PolicyStore {
         s.failures = self.failures.load(Ordering::Relaxed);
         s
     }
-
-    /// False when the last load attempt failed (the previous policy may still be serving).
-    pub fn last_load_ok(&self) -> bool {
-        self.status
-            .lock()
-            .map(|s| s.last_error.is_none())
-            .unwrap_or(false)
-    }
 }
 
 fn now() -> String {

@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_cont
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use crate::authz::Authorizer;
 use crate::decision::Decision;
+use crate::pipeline::Authorizer;
 
 /// A request as a policy author writes it down.
 #[derive(Debug, Default, Deserialize)]

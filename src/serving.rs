@@ -71,11 +71,11 @@ where
         let router = make();
         let stop = stop.clone();
         std::thread::Builder::new()
-            .name(format!("onbehalf-grpc-{i}"))
+            .name(format!("onbehalf-serving-{i}"))
             .spawn(move || {
                 let _ = finished.send(worker::<S>(router, conns, stop));
             })
-            .context("cannot start a gRPC worker thread")?;
+            .context("cannot start a gRPC serving thread")?;
         queues.push(queue);
         done.push(result);
     }
@@ -89,7 +89,7 @@ where
         match conn.map(|c| c.and_then(S::into_std)) {
             Some(Ok(conn)) => {
                 if hand_out(&queues, &mut next, conn).is_err() {
-                    anyhow::bail!("every gRPC worker thread has ended");
+                    anyhow::bail!("every gRPC serving thread has ended");
                 }
             }
             Some(Err(e)) => {
@@ -107,7 +107,7 @@ where
         match worker.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(anyhow::anyhow!("a gRPC worker thread panicked")),
+            Err(_) => result = Err(anyhow::anyhow!("a gRPC serving thread panicked")),
         }
     }
     result
@@ -126,7 +126,7 @@ fn hand_out<C>(queues: &[mpsc::UnboundedSender<C>], next: &mut usize, conn: C) -
         match queue.send(conn) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::SendError(back)) => {
-                tracing::error!(worker, "A gRPC worker thread has ended; passing it over");
+                tracing::error!(worker, "A gRPC serving thread has ended; passing it over");
                 conn = back;
             }
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
-use crate::cache::{DecisionCache, Digest, token_digest};
+use crate::cache::{DecisionCache, Digest, sha256, token_digest};
 use crate::config::WithoutGrant;
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Allow, Decision, DenyReason};
@@ -21,7 +21,7 @@ pub struct Authorizer {
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
-    decisions: Option<DecisionCache>,
+    decisions: Option<DecisionCache<Arc<Decision>>>,
     minter: Option<Arc<Minter>>,
     metrics: Metrics,
     ready: AtomicBool,
@@ -79,7 +79,7 @@ impl Authorizer {
         &self.metrics
     }
 
-    pub fn decision_cache(&self) -> Option<&DecisionCache> {
+    pub fn decision_cache(&self) -> Option<&DecisionCache<Arc<Decision>>> {
         self.decisions.as_ref()
     }
 
@@ -191,7 +191,7 @@ impl Authorizer {
             .filter(|_| reads.nondeterministic.is_empty());
         // Token parts built for the key are reused by the evaluation on a miss.
         let key = cache.map(|_| {
-            DecisionCache::key(
+            crate::key::decision_key(
                 snapshot.generation,
                 &reads.input_paths,
                 input,
@@ -208,7 +208,7 @@ impl Authorizer {
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
         }
-        let document = input.document_with(parts.unwrap_or_else(|| auth.parts()));
+        let document = input.document(parts.unwrap_or_else(|| auth.parts()));
         let (decision, result) = match policies.evaluate(document.clone()) {
             Err(e @ PolicyError::Timeout { .. }) => {
                 tracing::warn!(error = %e, "Policy evaluation timed out; denying");
@@ -232,7 +232,9 @@ impl Authorizer {
             },
         };
         if let (Some(cache), Some(key)) = (cache, key) {
-            cache.insert(key, decision.clone(), &result, auth.expires_at);
+            // A decision is a function of the policy result: equal results share one.
+            let interned = serde_json::to_vec(&result).ok().map(|json| sha256(&json));
+            cache.insert(key, decision.clone(), interned, auth.expires_at);
         }
         (decision, Some(document), Some(result))
     }

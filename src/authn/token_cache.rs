@@ -1,0 +1,74 @@
+//! Verified tokens by digest: a token is verified once, then answered from here until the
+//! earlier of its `exp` and the TTL — and only while the key that verified it is still
+//! published (a JWKS refresh that drops a key drops its tokens).
+
+use std::sync::Arc;
+
+use super::Authenticated;
+use crate::cache::{DeadlineCache, Digest};
+use crate::config::CacheSettings;
+
+/// A token that verified, with what is needed to drop it when its key goes away. Held by
+/// value (a read clones two `Arc`s), saving an allocation per entry.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    pub auth: Arc<Authenticated>,
+    pub kid: Option<Arc<str>>,
+    /// Digest of the verifying key's material: a `kid` reused for another key misses.
+    pub key_fingerprint: Digest,
+}
+
+pub struct TokenCache {
+    cache: DeadlineCache<CachedToken>,
+}
+
+// === impl TokenCache ===
+
+impl TokenCache {
+    pub fn new(settings: &CacheSettings) -> TokenCache {
+        TokenCache {
+            cache: DeadlineCache::new(settings, true),
+        }
+    }
+
+    pub fn get(&self, key: &Digest) -> Option<CachedToken> {
+        self.cache.get(key)
+    }
+
+    /// Caches a verified token until the earlier of its `exp` and the TTL.
+    pub fn insert(
+        &self,
+        key: Digest,
+        auth: Arc<Authenticated>,
+        kid: Option<Arc<str>>,
+        key_fingerprint: Digest,
+    ) {
+        let exp = auth.expires_at;
+        let entry = CachedToken {
+            auth,
+            kid,
+            key_fingerprint,
+        };
+        self.cache.insert(key, entry, exp);
+    }
+
+    /// Drops every token verified by one of `kids` of `issuer` (keys removed from its JWKS).
+    pub fn invalidate_keys(&self, issuer: &str, kids: Vec<String>) {
+        let issuer: Arc<str> = issuer.into();
+        self.cache.invalidate_if(move |v| {
+            *v.auth.issuer == *issuer
+                && v.kid
+                    .as_ref()
+                    .is_some_and(|k| kids.iter().any(|x| **x == **k))
+        });
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (tests and benchmarks read exact counts).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+}

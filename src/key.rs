@@ -1,0 +1,90 @@
+//! The decision-cache key: the policy generation plus the values at every path of the input
+//! document the compiled policy can read (`policy::analysis::reads`), so that a hit is exactly
+//! what a fresh evaluation would answer.
+//!
+//! Paths are written with their length and each value as canonical JSON (`U` where
+//! undefined), so no two different inputs feed the same bytes.
+
+use aws_lc_rs::digest;
+
+use crate::authn::Authenticated;
+use crate::cache::{Digest, to_array};
+use crate::input::{CheckInput, Segment, TokenParts, is_token_path};
+
+/// The key of one decision for policy `generation`, which reads `paths`. The token-derived
+/// share is computed once per token and generation (memoised in `auth`); when it has to
+/// build the token's document parts, it leaves them in `parts` for the evaluation that
+/// follows a miss.
+pub fn decision_key(
+    generation: u64,
+    paths: &[Vec<Segment>],
+    input: &CheckInput<'_>,
+    auth: &Authenticated,
+    parts: &mut Option<TokenParts>,
+) -> Digest {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&generation.to_be_bytes());
+    ctx.update(&token_share(generation, paths, auth, parts));
+    let mut buf = Vec::with_capacity(256);
+    for path in paths.iter().filter(|p| !is_token_path(p)) {
+        buf.clear();
+        write_path(path, &mut buf);
+        input.feed_key(path, &mut buf);
+        ctx.update(&(buf.len() as u64).to_be_bytes());
+        ctx.update(&buf);
+    }
+    to_array(ctx.finish())
+}
+
+/// The token-derived share of a key: what the policy reads of `subject`, `actor`,
+/// `delegation` and `token`.
+fn token_share(
+    generation: u64,
+    paths: &[Vec<Segment>],
+    auth: &Authenticated,
+    parts: &mut Option<TokenParts>,
+) -> Digest {
+    if let Some(digest) = auth.key_part(generation) {
+        return digest;
+    }
+    let built = parts.get_or_insert_with(|| auth.parts());
+    let digest = token_part_digest(built, paths);
+    auth.set_key_part(generation, digest);
+    digest
+}
+
+/// The digest of what `parts` hold at the token-derived paths among `paths`.
+pub fn token_part_digest(parts: &TokenParts, paths: &[Vec<Segment>]) -> Digest {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = Vec::with_capacity(256);
+    for path in paths {
+        buf.clear();
+        write_path(path, &mut buf);
+        if parts.feed_key(path, &mut buf) {
+            ctx.update(&(buf.len() as u64).to_be_bytes());
+            ctx.update(&buf);
+        }
+    }
+    to_array(ctx.finish())
+}
+
+fn write_path(path: &[Segment], buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(path.len() as u64).to_be_bytes());
+    for seg in path {
+        match seg {
+            Segment::Key(k) => {
+                buf.push(b'k');
+                buf.extend_from_slice(&(k.len() as u64).to_be_bytes());
+                buf.extend_from_slice(k.as_bytes());
+            }
+            Segment::Index(i) => {
+                buf.push(b'i');
+                buf.extend_from_slice(&i.to_be_bytes());
+            }
+        }
+    }
+    buf.push(b'=');
+}
+
+#[cfg(test)]
+mod tests;
