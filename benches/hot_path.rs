@@ -179,14 +179,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("input/build", |b| {
         b.iter(|| {
             let input = CheckInput::try_from(black_box(&req)).expect("input");
-            input.document(auth.parts())
+            input.document(auth.parts().expect("parts"))
         })
     });
 
     let snapshot = uncached.policies().load().expect("policy");
     let document = CheckInput::try_from(&req)
         .expect("input")
-        .document(auth.parts());
+        .document(auth.parts().expect("parts"));
     c.bench_function("policy/evaluate_default", |b| {
         b.iter(|| {
             snapshot

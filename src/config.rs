@@ -179,7 +179,7 @@ pub struct PolicyConfig {
     pub fetch_timeout: Interval,
     /// Bearer token sent with bundle downloads.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<Secret>,
     /// File holding the bearer token (read at each download, so it may rotate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_token_file: Option<PathBuf>,
@@ -294,6 +294,12 @@ pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
+
+/// A secret from the configuration (a token, a password): `Debug` and `Display` never show
+/// it, so it cannot reach a log line by accident. `expose` is the one way to read it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
 
 /// A duration written as `250ms`, `30s`, `5m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -936,6 +942,24 @@ impl fmt::Display for Source {
             Source::Embedded => f.write_str("embedded default config"),
             Source::File(p) => write!(f, "{}", p.display()),
         }
+    }
+}
+
+// === impl Secret ===
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
     }
 }
 

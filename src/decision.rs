@@ -43,25 +43,28 @@ pub struct Deny {
     pub dynamic_metadata: Option<Map<String, Json>>,
 }
 
-/// Why a request was denied; the label used in logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a request was denied: the label in logs and metrics. The detail (which error) goes
+/// to the decision log, never into a reason, so the labels are a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     /// 400: the request could not be read.
-    BadRequest(String),
-    /// 401: no token, or one that did not verify.
-    Unauthenticated(AuthnError),
+    BadRequest,
+    /// 401: no token.
+    MissingToken,
+    /// 401: a token that did not verify.
+    InvalidToken,
     /// 403: the policy said no.
     Policy,
     /// 403: the policy's answer was undefined or malformed; failing closed.
-    PolicyResult(String),
-    /// 403: evaluation failed; failing closed.
-    Internal(String),
+    PolicyResult,
+    /// 403: a step failed (evaluation, a cache key, minting); failing closed.
+    Internal,
     /// 403: evaluation ran past `policy.eval_timeout`; failing closed.
     EvalTimeout,
     /// 403: the policy allowed without a `grant` while minting, and `mint.without_grant` is
     /// `deny`.
     NoGrant,
-    /// 503: keys not loaded yet.
+    /// 503: no policy or keys loaded yet.
     Unavailable,
 }
 
@@ -73,15 +76,28 @@ pub const STATUS_UNAVAILABLE: u16 = 503;
 // === impl DenyReason ===
 
 impl DenyReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [DenyReason; 9] = [
+        DenyReason::BadRequest,
+        DenyReason::MissingToken,
+        DenyReason::InvalidToken,
+        DenyReason::Policy,
+        DenyReason::PolicyResult,
+        DenyReason::Internal,
+        DenyReason::EvalTimeout,
+        DenyReason::NoGrant,
+        DenyReason::Unavailable,
+    ];
+
     /// A short, stable label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
-            DenyReason::BadRequest(_) => "bad_request",
-            DenyReason::Unauthenticated(AuthnError::Missing) => "missing_token",
-            DenyReason::Unauthenticated(_) => "invalid_token",
+            DenyReason::BadRequest => "bad_request",
+            DenyReason::MissingToken => "missing_token",
+            DenyReason::InvalidToken => "invalid_token",
             DenyReason::Policy => "policy",
-            DenyReason::PolicyResult(_) => "policy_result",
-            DenyReason::Internal(_) => "internal_error",
+            DenyReason::PolicyResult => "policy_result",
+            DenyReason::Internal => "internal_error",
             DenyReason::EvalTimeout => "eval_timeout",
             DenyReason::NoGrant => "no_grant",
             DenyReason::Unavailable => "unavailable",
@@ -96,49 +112,68 @@ impl Decision {
         matches!(self, Decision::Allow(_))
     }
 
-    /// A denial before policy: bad input, bad token or no keys.
+    /// A denial whose answer says no more than its reason (403s, 503, a missing token).
     pub fn deny(reason: DenyReason) -> Decision {
-        let (status, body) = match &reason {
-            DenyReason::BadRequest(msg) => (
-                STATUS_BAD_REQUEST,
-                json!({"error": "invalid_request", "error_description": msg}),
-            ),
-            DenyReason::Unauthenticated(e) => (
-                STATUS_UNAUTHORIZED,
-                json!({"error": "invalid_token", "error_description": e.to_string()}),
-            ),
-            DenyReason::Unavailable => (
-                STATUS_UNAVAILABLE,
-                json!({"error": "temporarily_unavailable",
-                       "error_description": "the authorizer is not ready; retry shortly"}),
-            ),
-            DenyReason::Policy
-            | DenyReason::PolicyResult(_)
-            | DenyReason::Internal(_)
-            | DenyReason::EvalTimeout
-            | DenyReason::NoGrant => (
-                STATUS_FORBIDDEN,
-                json!({"error": "access_denied",
-                       "error_description": "the request is not allowed"}),
-            ),
+        let body = match reason {
+            DenyReason::Unavailable => json!({"error": "temporarily_unavailable",
+                "error_description": "the authorizer is not ready; retry shortly"}),
+            DenyReason::MissingToken => {
+                return Decision::unauthenticated(reason, &AuthnError::Missing);
+            }
+            _ => {
+                json!({"error": "access_denied", "error_description": "the request is not allowed"})
+            }
         };
-        let mut headers = vec![content_type_json()];
-        if let DenyReason::Unauthenticated(e) = &reason {
-            // RFC 6750 §3: no error code when the request carried no credentials at all.
-            let challenge = match e {
-                AuthnError::Missing => "Bearer".to_string(),
-                e => format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                    e.to_string().replace('"', "'")
-                ),
-            };
-            headers.push(set("www-authenticate", challenge));
-        }
+        let status = match reason {
+            DenyReason::Unavailable => STATUS_UNAVAILABLE,
+            DenyReason::BadRequest => STATUS_BAD_REQUEST,
+            DenyReason::MissingToken | DenyReason::InvalidToken => STATUS_UNAUTHORIZED,
+            _ => STATUS_FORBIDDEN,
+        };
         Decision::Deny(Deny {
             status,
             reason,
-            headers,
+            headers: vec![content_type_json()],
             body: body.to_string(),
+            dynamic_metadata: None,
+        })
+    }
+
+    /// 400: the request could not be read; the body says why.
+    pub fn bad_request(description: &str) -> Decision {
+        Decision::Deny(Deny {
+            status: STATUS_BAD_REQUEST,
+            reason: DenyReason::BadRequest,
+            headers: vec![content_type_json()],
+            body: json!({"error": "invalid_request", "error_description": description}).to_string(),
+            dynamic_metadata: None,
+        })
+    }
+
+    /// 401 with an RFC 6750 challenge: no token, or one that did not verify (the error text
+    /// is safe to show the client).
+    pub fn invalid_token(e: &AuthnError) -> Decision {
+        let reason = match e {
+            AuthnError::Missing => DenyReason::MissingToken,
+            _ => DenyReason::InvalidToken,
+        };
+        Decision::unauthenticated(reason, e)
+    }
+
+    fn unauthenticated(reason: DenyReason, e: &AuthnError) -> Decision {
+        // RFC 6750 §3: no error code when the request carried no credentials at all.
+        let challenge = match e {
+            AuthnError::Missing => "Bearer".to_string(),
+            e => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                e.to_string().replace('"', "'")
+            ),
+        };
+        Decision::Deny(Deny {
+            status: STATUS_UNAUTHORIZED,
+            reason,
+            headers: vec![content_type_json(), set("www-authenticate", challenge)],
+            body: json!({"error": "invalid_token", "error_description": e.to_string()}).to_string(),
             dynamic_metadata: None,
         })
     }

@@ -39,7 +39,7 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
     let start = Instant::now();
     let outcome = match CheckInput::try_from(request) {
         Ok(input) => authorizer.decide(&input).await,
-        Err(e) => authorizer.denied(DenyReason::BadRequest(e.to_string())),
+        Err(e) => authorizer.unreadable(e),
     };
     authorizer.metrics().record(&outcome.decision);
     log_decision(request, &outcome, start);
@@ -48,7 +48,8 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
 }
 
 /// One line per decision. The path is logged without its query string (queries carry
-/// secrets too often), and never a token.
+/// secrets too often), and never a token. A denial that is not the policy's own answer says
+/// why (`authz.detail`); failures that are onbehalf's, not the client's, log at warn.
 fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
     let http = request
         .attributes
@@ -65,9 +66,15 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
     });
     let subject = outcome.subject.as_deref().unwrap_or("");
     let actor = outcome.actor.as_deref().unwrap_or("");
+    let revision = outcome.revision.as_deref().unwrap_or("");
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    match &*outcome.decision {
-        Decision::Allow(_) => tracing::info!(
+    let detail = outcome
+        .error
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let Decision::Deny(d) = &*outcome.decision else {
+        tracing::info!(
             authz.decision = "allow",
             http.method = method,
             http.path = path,
@@ -75,37 +82,36 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
             authz.subject = subject,
             authz.actor = actor,
             authz.depth = outcome.depth,
-            policy.revision = outcome.revision.as_deref().unwrap_or(""),
+            authz.minted = outcome.minted.is_some(),
+            policy.revision = revision,
             authz.duration_us = micros,
             "Request allowed"
-        ),
-        Decision::Deny(d) => tracing::info!(
-            authz.decision = "deny",
-            authz.reason = d.reason.label(),
-            authz.detail = %detail(&d.reason),
-            http.status = d.status,
-            http.method = method,
-            http.path = path,
-            http.request_id = request_id,
-            authz.subject = subject,
-            authz.actor = actor,
-            authz.depth = outcome.depth,
-            policy.revision = outcome.revision.as_deref().unwrap_or(""),
-            authz.duration_us = micros,
-            "Request denied"
-        ),
+        );
+        return;
+    };
+    macro_rules! denied {
+        ($level:ident) => {
+            tracing::$level!(
+                authz.decision = "deny",
+                authz.reason = d.reason.label(),
+                authz.detail = %detail,
+                http.status = d.status,
+                http.method = method,
+                http.path = path,
+                http.request_id = request_id,
+                authz.subject = subject,
+                authz.actor = actor,
+                authz.depth = outcome.depth,
+                policy.revision = revision,
+                authz.duration_us = micros,
+                "Request denied"
+            )
+        };
     }
-}
-
-fn detail(reason: &DenyReason) -> String {
-    match reason {
-        DenyReason::BadRequest(m) | DenyReason::PolicyResult(m) | DenyReason::Internal(m) => {
-            m.clone()
+    match d.reason {
+        DenyReason::Internal | DenyReason::PolicyResult | DenyReason::EvalTimeout => {
+            denied!(warn)
         }
-        DenyReason::Unauthenticated(e) => e.to_string(),
-        DenyReason::Policy
-        | DenyReason::Unavailable
-        | DenyReason::EvalTimeout
-        | DenyReason::NoGrant => String::new(),
+        _ => denied!(info),
     }
 }

@@ -175,13 +175,13 @@ impl CheckInput<'_> {
     /// or `U` where the path leads nowhere. Only request-derived paths are written here (the
     /// token-derived ones go through `TokenParts::feed_key`); the common attribute paths are
     /// read from the request without building `attributes`, writing the same bytes.
-    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) {
+    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let Some((Segment::Key(top), rest)) = path.split_first() else {
             // The whole input: every request part, in order.
             for key in REQUEST_KEYS {
-                self.feed_key(&[Segment::Key(key.into())], out);
+                self.feed_key(&[Segment::Key(key.into())], out)?;
             }
-            return;
+            return Ok(());
         };
         if top == "attributes"
             && let Some(fast) = self.attribute_fast(rest)
@@ -190,7 +190,10 @@ impl CheckInput<'_> {
         }
         match self.request_part(top) {
             Some(v) => write_value(lookup(&v, rest), out),
-            None => out.push(b'U'),
+            None => {
+                out.push(b'U');
+                Ok(())
+            }
         }
     }
 
@@ -265,18 +268,18 @@ impl TokenParts {
 
     /// Writes what the token-derived parts hold at `path` (see `CheckInput::feed_key`);
     /// returns false for a request-derived path.
-    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) -> bool {
+    pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) -> Result<bool, serde_json::Error> {
         let Some((Segment::Key(top), rest)) = path.split_first() else {
             for key in TOKEN_KEYS {
-                self.feed_key(&[Segment::Key(key.into())], out);
+                self.feed_key(&[Segment::Key(key.into())], out)?;
             }
-            return true;
+            return Ok(true);
         };
         if !TOKEN_KEYS.contains(&top.as_str()) {
-            return false;
+            return Ok(false);
         }
-        write_value(self.part(top).and_then(|v| lookup(v, rest)), out);
-        true
+        write_value(self.part(top).and_then(|v| lookup(v, rest)), out)?;
+        Ok(true)
     }
 }
 
@@ -301,16 +304,21 @@ fn lookup<'v>(v: &'v Value, path: &[Segment]) -> Option<&'v Value> {
 }
 
 /// JSON with a length prefix, or `U` for undefined. A string and its `Value` write the same
-/// bytes, so fast and slow lookups of one path agree.
-fn write_value<T: serde::Serialize + ?Sized>(v: Option<&T>, out: &mut Vec<u8>) {
+/// bytes, so fast and slow lookups of one path agree. A value that cannot be written is an
+/// error, never an empty string that another value could share.
+fn write_value<T: serde::Serialize + ?Sized>(
+    v: Option<&T>,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     match v {
         Some(v) => {
-            let json = serde_json::to_vec(v).unwrap_or_default();
+            let json = serde_json::to_vec(v)?;
             out.extend_from_slice(&(json.len() as u64).to_be_bytes());
             out.extend_from_slice(&json);
         }
         None => out.push(b'U'),
     }
+    Ok(())
 }
 
 fn party(p: &Party) -> Value {

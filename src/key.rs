@@ -7,9 +7,18 @@
 
 use aws_lc_rs::digest;
 
-use crate::authn::Authenticated;
+use crate::authn::{Authenticated, AuthnError};
 use crate::cache::{Digest, to_array};
 use crate::input::{CheckInput, Segment, TokenParts, is_token_path};
+
+/// A key could not be built: the request is denied (failing closed), never keyed on less.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("a value the policy reads cannot be written: {0}")]
+    Value(#[from] serde_json::Error),
+    #[error("the verified claims cannot be read again: {0}")]
+    Claims(#[from] AuthnError),
+}
 
 /// The key of one decision for policy `generation`, which reads `paths`. The token-derived
 /// share is computed once per token and generation (memoised in `auth`); when it has to
@@ -21,19 +30,19 @@ pub fn decision_key(
     input: &CheckInput<'_>,
     auth: &Authenticated,
     parts: &mut Option<TokenParts>,
-) -> Digest {
+) -> Result<Digest, KeyError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&generation.to_be_bytes());
-    ctx.update(&token_share(generation, paths, auth, parts));
+    ctx.update(&token_share(generation, paths, auth, parts)?);
     let mut buf = Vec::with_capacity(256);
     for path in paths.iter().filter(|p| !is_token_path(p)) {
         buf.clear();
         write_path(path, &mut buf);
-        input.feed_key(path, &mut buf);
+        input.feed_key(path, &mut buf)?;
         ctx.update(&(buf.len() as u64).to_be_bytes());
         ctx.update(&buf);
     }
-    to_array(ctx.finish())
+    Ok(to_array(ctx.finish()))
 }
 
 /// The token-derived share of a key: what the policy reads of `subject`, `actor`,
@@ -43,29 +52,35 @@ fn token_share(
     paths: &[Vec<Segment>],
     auth: &Authenticated,
     parts: &mut Option<TokenParts>,
-) -> Digest {
+) -> Result<Digest, KeyError> {
     if let Some(digest) = auth.key_part(generation) {
-        return digest;
+        return Ok(digest);
     }
-    let built = parts.get_or_insert_with(|| auth.parts());
-    let digest = token_part_digest(built, paths);
+    let built = match parts {
+        Some(built) => built,
+        None => parts.insert(auth.parts()?),
+    };
+    let digest = token_part_digest(built, paths)?;
     auth.set_key_part(generation, digest);
-    digest
+    Ok(digest)
 }
 
 /// The digest of what `parts` hold at the token-derived paths among `paths`.
-pub fn token_part_digest(parts: &TokenParts, paths: &[Vec<Segment>]) -> Digest {
+pub fn token_part_digest(
+    parts: &TokenParts,
+    paths: &[Vec<Segment>],
+) -> Result<Digest, serde_json::Error> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut buf = Vec::with_capacity(256);
     for path in paths {
         buf.clear();
         write_path(path, &mut buf);
-        if parts.feed_key(path, &mut buf) {
+        if parts.feed_key(path, &mut buf)? {
             ctx.update(&(buf.len() as u64).to_be_bytes());
             ctx.update(&buf);
         }
     }
-    to_array(ctx.finish())
+    Ok(to_array(ctx.finish()))
 }
 
 fn write_path(path: &[Segment], buf: &mut Vec<u8>) {

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use regorus::Value;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
-use crate::cache::{DecisionCache, Digest, sha256, token_digest};
-use crate::config::WithoutGrant;
-use crate::config::{Config, HeaderNames};
-use crate::decision::{Allow, Decision, DenyReason};
-use crate::input::{CheckInput, TokenParts};
-use crate::mint::{MintError, MintRequest, Minted, Minter, Upstream};
-use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict};
+use crate::cache::{DecisionCache, sha256, token_digest};
+use crate::config::{Config, HeaderNames, WithoutGrant};
+use crate::decision::{Decision, DenyReason};
+use crate::input::{CheckInput, InputError, TokenParts};
+use crate::key::KeyError;
+use crate::mint::{MintError, MintRequest, Minted, Minter};
+use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
 use crate::telemetry::{Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
@@ -31,6 +31,8 @@ pub struct Authorizer {
 #[derive(Debug)]
 pub struct Outcome {
     pub decision: Arc<Decision>,
+    /// Why the decision is not the policy's own answer, when it is not.
+    pub error: Option<CheckError>,
     /// The Rego input document, when the request got as far as the policy.
     pub input: Option<Value>,
     /// The policy's raw result, when it was evaluated.
@@ -44,6 +46,23 @@ pub struct Outcome {
     pub revision: Option<Arc<str>>,
     /// The upstream token minted for an allow.
     pub minted: Option<Arc<Minted>>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            decision: Arc::new(Decision::deny(DenyReason::Internal)),
+            error: None,
+            input: None,
+            result: None,
+            identity: Vec::new(),
+            subject: None,
+            actor: None,
+            depth: 0,
+            revision: None,
+            minted: None,
+        }
+    }
 }
 
 // === impl Authorizer ===
@@ -104,77 +123,91 @@ impl Authorizer {
         ready
     }
 
-    /// Decides one request. The phases run in this order because each needs the one before:
-    /// authentication yields the identities that the policy input is built from, and only a
-    /// verified token may reach the policy.
+    /// Decides one request (`respond` in `grpc.rs` reads it, logs it once and answers).
     pub async fn decide(&self, input: &CheckInput<'_>) -> Outcome {
-        // One policy snapshot for the whole request, so a swap cannot mix two revisions.
-        let Some(snapshot) = self.policies.load() else {
-            return self.denied(DenyReason::Unavailable);
-        };
-        let policies = &snapshot.policies;
-
-        let authn::Verified {
-            auth,
-            parts,
-            digest,
-        } = match self.authenticate(input).await {
-            Ok(verified) => verified,
-            Err(AuthnError::KeysUnavailable) => return self.denied(DenyReason::Unavailable),
-            Err(e) => return self.denied(DenyReason::Unauthenticated(e)),
-        };
-
-        let (decision, document, result) = self.evaluate(&snapshot, input, &auth, parts);
-        let mut identity = self.identity(&auth);
-        let mut minted = None;
-        // Minting comes last: only an allow gets a token, and only for what it granted.
-        let decision = match (&*decision, &self.minter) {
-            (Decision::Allow(allow), Some(minter)) => {
-                let digest = digest.or_else(|| {
-                    // Without the token cache, the digest is made here, and only for reuse.
-                    minter
-                        .reuses()
-                        .then(|| authn::extract_bearer(input.header(&self.token_header)).ok())
-                        .flatten()
-                        .map(token_digest)
-                });
-                let upstream =
-                    self.upstream_token(minter, allow, input, &auth, snapshot.generation, digest);
-                match upstream {
-                    Ok(Some(token)) => {
-                        identity.push((
-                            minter.header().to_string(),
-                            Some(minter.header_value(&token.minted.token)),
-                        ));
-                        // The delegation token never reaches the upstream.
-                        if minter.header() != self.token_header {
-                            identity.push((self.token_header.clone(), None));
-                        }
-                        minted = Some(token.minted);
-                        decision
-                    }
-                    Ok(None) => decision,
-                    Err(reason) => Arc::new(Decision::deny(reason)),
-                }
+        let mut outcome = Outcome::default();
+        let decision = match self.phases(input, &mut outcome).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                let decision = Arc::new(rescue(&e));
+                outcome.error = Some(e);
+                decision
             }
-            _ => decision,
         };
-        Outcome {
-            identity,
-            minted,
-            subject: Some(auth.subject.clone()),
-            actor: auth.actor().cloned(),
-            depth: auth.chain.len(),
-            revision: Some(policies.revision().clone()),
-            decision,
-            input: document,
-            result,
+        outcome.decision = decision;
+        outcome
+    }
+
+    /// The phases of one Check, in the order they must run: authentication yields the
+    /// identities the policy input is built from (only a verified token may reach the policy);
+    /// the policy decides, from the decision cache when it can; only then, and only for an
+    /// allow, is an upstream token minted for what the policy granted. What each phase learns
+    /// is recorded in `outcome` for the decision log, also when a later phase fails.
+    async fn phases(
+        &self,
+        input: &CheckInput<'_>,
+        outcome: &mut Outcome,
+    ) -> Result<Arc<Decision>, CheckError> {
+        // One policy snapshot for the whole request, so a swap cannot mix two revisions.
+        let snapshot = self.policies.load().ok_or(CheckError::NotReady)?;
+        outcome.revision = Some(snapshot.policies.revision().clone());
+
+        let token = authn::extract_bearer(input.header(&self.token_header))?;
+        let verified = self.verifier.verify(token).await?;
+        let auth = verified.auth;
+        outcome.subject = Some(auth.subject.clone());
+        outcome.actor = auth.actor().cloned();
+        outcome.depth = auth.chain.len();
+
+        let decision = self.evaluate(&snapshot, input, &auth, verified.parts, outcome)?;
+        outcome.identity = self.identity(&auth);
+
+        let (Decision::Allow(allow), Some(minter)) = (&*decision, &self.minter) else {
+            return Ok(decision);
+        };
+        let Some(grant) = &allow.grant else {
+            self.metrics.mint(MintResult::NoGrant);
+            return match minter.without_grant() {
+                WithoutGrant::Pass => Ok(decision),
+                WithoutGrant::Deny => Err(CheckError::NoGrant),
+            };
+        };
+        // Reuse is keyed by the token's digest: the token cache's, or made here for it.
+        let digest = verified
+            .digest
+            .or_else(|| minter.reuses().then(|| token_digest(token)));
+        let request = MintRequest {
+            auth: &auth,
+            grant,
+            generation: snapshot.generation,
+            token_digest: digest.as_ref(),
+            request_id: input.header("x-request-id"),
+            method: input.method(),
+            path: input.path(),
+            source: input.source_address(),
+        };
+        let upstream = minter.mint(&request).inspect_err(|_| {
+            self.metrics.mint(MintResult::Failed);
+        })?;
+        self.metrics.mint(match upstream.reused {
+            true => MintResult::Reused,
+            false => MintResult::Signed,
+        });
+        outcome.identity.push((
+            minter.header().to_string(),
+            Some(minter.header_value(&upstream.minted.token)),
+        ));
+        // The delegation token never reaches the upstream.
+        if minter.header() != self.token_header {
+            outcome.identity.push((self.token_header.clone(), None));
         }
+        outcome.minted = Some(upstream.minted);
+        Ok(decision)
     }
 
     /// The policy's decision: from the decision cache when the policy allows it and an entry
-    /// exists, else evaluated (and cached unless evaluation failed). Returns the decision, the
-    /// input document when it was built, and the policy's result. `parts` are the token's
+    /// exists, else evaluated (and cached unless evaluation failed). The input document and
+    /// the policy's result go into `outcome` when they were built. `parts` are the token's
     /// document parts when verification just built them.
     fn evaluate(
         &self,
@@ -182,7 +215,8 @@ impl Authorizer {
         input: &CheckInput<'_>,
         auth: &Authenticated,
         mut parts: Option<TokenParts>,
-    ) -> (Arc<Decision>, Option<Value>, Option<Value>) {
+        outcome: &mut Outcome,
+    ) -> Result<Arc<Decision>, CheckError> {
         let policies = &snapshot.policies;
         let reads = policies.reads();
         let cache = self
@@ -190,126 +224,50 @@ impl Authorizer {
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
         // Token parts built for the key are reused by the evaluation on a miss.
-        let key = cache.map(|_| {
-            crate::key::decision_key(
+        let key = match cache {
+            Some(_) => Some(crate::key::decision_key(
                 snapshot.generation,
                 &reads.input_paths,
                 input,
                 auth,
                 &mut parts,
-            )
-        });
+            )?),
+            None => None,
+        };
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
-                return (hit, None, None);
+                return Ok(hit);
             }
             self.metrics.decision_cache_miss();
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
         }
-        let document = input.document(parts.unwrap_or_else(|| auth.parts()));
-        let (decision, result) = match policies.evaluate(document.clone()) {
-            Err(e @ PolicyError::Timeout { .. }) => {
-                tracing::warn!(error = %e, "Policy evaluation timed out; denying");
-                let d = Decision::deny(DenyReason::EvalTimeout);
-                return (Arc::new(d), Some(document), None);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Policy evaluation failed; denying");
-                let d = Decision::deny(DenyReason::Internal(e.to_string()));
-                return (Arc::new(d), Some(document), None);
-            }
-            Ok(result) => match Verdict::try_from(&result) {
-                Ok(verdict) => (Arc::new(Decision::from_verdict(verdict)), result),
-                Err(e) => {
-                    tracing::warn!(error = %e, policy.query = policies.query(), "Denying on policy result");
-                    (
-                        Arc::new(Decision::deny(DenyReason::PolicyResult(e.to_string()))),
-                        result,
-                    )
-                }
-            },
+        let parts = match parts {
+            Some(parts) => parts,
+            None => auth.parts().map_err(CheckError::Claims)?,
         };
+        let document = input.document(parts);
+        outcome.input = Some(document.clone());
+        let result = policies.evaluate(document)?;
+        outcome.result = Some(result.clone());
+        let verdict = Verdict::try_from(&result)?;
+        let decision = Arc::new(Decision::from_verdict(verdict));
         if let (Some(cache), Some(key)) = (cache, key) {
             // A decision is a function of the policy result: equal results share one.
             let interned = serde_json::to_vec(&result).ok().map(|json| sha256(&json));
             cache.insert(key, decision.clone(), interned, auth.expires_at);
         }
-        (decision, Some(document), Some(result))
+        Ok(decision)
     }
 
-    /// The minted token for an allow; `Ok(None)` when the result has no grant and
-    /// `mint.without_grant` is `pass`.
-    fn upstream_token(
-        &self,
-        minter: &Minter,
-        allow: &Allow,
-        input: &CheckInput<'_>,
-        auth: &Authenticated,
-        generation: u64,
-        digest: Option<Digest>,
-    ) -> Result<Option<Upstream>, DenyReason> {
-        let Some(grant) = &allow.grant else {
-            self.metrics.mint(MintResult::NoGrant);
-            return match minter.without_grant() {
-                WithoutGrant::Pass => Ok(None),
-                WithoutGrant::Deny => {
-                    tracing::warn!(
-                        authz.subject = %auth.subject,
-                        "The policy allowed without a grant and mint.without_grant is deny; denying"
-                    );
-                    Err(DenyReason::NoGrant)
-                }
-            };
-        };
-        let request = MintRequest {
-            auth,
-            grant,
-            generation,
-            token_digest: digest.as_ref(),
-            request_id: input.header("x-request-id"),
-            method: input.method(),
-            path: input.path(),
-            source: input.source_address(),
-        };
-        match minter.mint(&request) {
-            Ok(upstream) => {
-                self.metrics.mint(match upstream.reused {
-                    true => MintResult::Reused,
-                    false => MintResult::Signed,
-                });
-                Ok(Some(upstream))
-            }
-            Err(MintError::Expiring) => {
-                self.metrics.mint(MintResult::Failed);
-                Err(DenyReason::Unauthenticated(AuthnError::Expired))
-            }
-            Err(e) => {
-                self.metrics.mint(MintResult::Failed);
-                tracing::error!(error = %e, "Minting the upstream token failed; denying");
-                Err(DenyReason::Internal(e.to_string()))
-            }
-        }
-    }
-
-    async fn authenticate(&self, input: &CheckInput<'_>) -> Result<authn::Verified, AuthnError> {
-        let token = authn::extract_bearer(input.header(&self.token_header))?;
-        self.verifier.verify(token).await
-    }
-
-    /// A denial before the policy ran.
-    pub fn denied(&self, reason: DenyReason) -> Outcome {
+    /// A denial before the request could be read.
+    pub fn unreadable(&self, e: InputError) -> Outcome {
+        let e = CheckError::Input(e);
         Outcome {
-            decision: Arc::new(Decision::deny(reason)),
-            input: None,
-            result: None,
-            identity: Vec::new(),
-            subject: None,
-            actor: None,
-            depth: 0,
-            revision: None,
-            minted: None,
+            decision: Arc::new(rescue(&e)),
+            error: Some(e),
+            ..Outcome::default()
         }
     }
 
@@ -321,5 +279,49 @@ impl Authorizer {
             (names.actor.clone(), actor),
             (names.chain.clone(), chain),
         ]
+    }
+}
+
+/// Why a Check could not end in the policy's own answer, by phase.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("the request cannot be read: {0}")]
+    Input(#[from] InputError),
+    #[error("no policy is active yet")]
+    NotReady,
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
+    #[error("the verified claims cannot be read again: {0}")]
+    Claims(AuthnError),
+    #[error("building the decision-cache key failed: {0}")]
+    Key(#[from] KeyError),
+    #[error("policy evaluation failed: {0}")]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Verdict(#[from] VerdictError),
+    #[error("the policy allowed without a grant and mint.without_grant is deny")]
+    NoGrant,
+    #[error("minting the upstream token failed: {0}")]
+    Mint(#[from] MintError),
+}
+
+/// The one place a failure becomes a decision. Everything not the client's fault fails
+/// closed: 403 (or 503 while not ready), never an allow.
+pub fn rescue(e: &CheckError) -> Decision {
+    match e {
+        CheckError::Input(e) => Decision::bad_request(&e.to_string()),
+        CheckError::NotReady | CheckError::Authn(AuthnError::KeysUnavailable) => {
+            Decision::deny(DenyReason::Unavailable)
+        }
+        CheckError::Authn(e) => Decision::invalid_token(e),
+        // The delegation token expires before a minted token could live: as expired.
+        CheckError::Mint(MintError::Expiring) => Decision::invalid_token(&AuthnError::Expired),
+        CheckError::Policy(PolicyError::Timeout { .. }) => Decision::deny(DenyReason::EvalTimeout),
+        CheckError::Verdict(_) => Decision::deny(DenyReason::PolicyResult),
+        CheckError::NoGrant => Decision::deny(DenyReason::NoGrant),
+        CheckError::Claims(_)
+        | CheckError::Key(_)
+        | CheckError::Policy(_)
+        | CheckError::Mint(_) => Decision::deny(DenyReason::Internal),
     }
 }

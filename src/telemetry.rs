@@ -7,19 +7,6 @@ use crate::config::{LogConfig, LogFormat};
 use crate::decision::{Decision, DenyReason};
 use crate::policy::store::PolicyStatus;
 
-/// Every label a decision can carry, in the order they are rendered.
-const REASONS: [&str; 9] = [
-    "bad_request",
-    "missing_token",
-    "invalid_token",
-    "policy",
-    "policy_result",
-    "internal_error",
-    "eval_timeout",
-    "no_grant",
-    "unavailable",
-];
-
 /// What became of an allow when minting is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintResult {
@@ -55,7 +42,7 @@ impl MintResult {
 #[derive(Debug, Default)]
 pub struct Metrics {
     allowed: AtomicU64,
-    denied: [AtomicU64; REASONS.len()],
+    denied: [AtomicU64; DenyReason::ALL.len()],
     decision_hits: AtomicU64,
     decision_misses: AtomicU64,
     decision_uncacheable: AtomicU64,
@@ -71,12 +58,7 @@ impl Metrics {
                 self.allowed.fetch_add(1, Ordering::Relaxed);
             }
             Decision::Deny(d) => {
-                let label = d.reason.label();
-                if let Some(c) = REASONS
-                    .iter()
-                    .position(|r| *r == label)
-                    .and_then(|i| self.denied.get(i))
-                {
+                if let Some(c) = self.denied.get(d.reason as usize) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -121,11 +103,9 @@ impl Metrics {
         self.allowed.load(Ordering::Relaxed)
     }
 
-    pub fn denied(&self, reason: &DenyReason) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason.label())
-            .and_then(|i| self.denied.get(i))
+    pub fn denied(&self, reason: DenyReason) -> u64 {
+        self.denied
+            .get(reason as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -143,11 +123,12 @@ impl Metrics {
             "onbehalf_decisions_total{{decision=\"allow\",reason=\"policy\"}} {}",
             self.allowed()
         );
-        for (label, counter) in REASONS.iter().zip(self.denied.iter()) {
+        for reason in DenyReason::ALL {
             let _ = writeln!(
                 out,
-                "onbehalf_decisions_total{{decision=\"deny\",reason=\"{label}\"}} {}",
-                counter.load(Ordering::Relaxed)
+                "onbehalf_decisions_total{{decision=\"deny\",reason=\"{}\"}} {}",
+                reason.label(),
+                self.denied(reason)
             );
         }
         family(

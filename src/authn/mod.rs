@@ -85,7 +85,7 @@ impl Authenticated {
         kind: Option<String>,
         max_depth: usize,
     ) -> Result<Authenticated, AuthnError> {
-        let json = serde_json::to_string(claims).unwrap_or_default();
+        let json = serde_json::to_string(claims).map_err(|_| AuthnError::Malformed)?;
         let issuer = match claims.get("iss") {
             Some(serde_json::Value::String(iss)) => Arc::from(iss.as_str()),
             _ => return Err(AuthnError::MissingClaim("iss")),
@@ -124,38 +124,26 @@ impl Authenticated {
         &self.claims
     }
 
-    /// The verified claims, parsed again.
-    fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(&self.claims).unwrap_or_default()
+    /// The verified claims, parsed again. They parsed when the token verified, so an error
+    /// here means the cached text changed: the caller fails closed.
+    fn claims(&self) -> Result<serde_json::Map<String, serde_json::Value>, AuthnError> {
+        serde_json::from_str(&self.claims).map_err(|_| AuthnError::Malformed)
     }
 
     /// Facts about the token (`input.token`), decoded again from its claims.
     pub fn token_info(&self) -> Result<TokenInfo, AuthnError> {
-        TokenInfo::from_claims(&self.claims(), self.kind.as_deref().map(str::to_string))
+        TokenInfo::from_claims(&self.claims()?, self.kind.as_deref().map(str::to_string))
     }
 
     /// The token-derived parts of the input document (`subject`, `actor`, `delegation`,
-    /// `token`).
-    pub fn parts(&self) -> crate::input::TokenParts {
-        let claims = self.claims();
-        // The claims decoded once already, within the depth limit: neither step can fail.
-        let delegation = chain::decode(&claims, usize::MAX).unwrap_or_else(|_| Delegation {
-            subject: Party {
-                id: self.subject.clone(),
-                claims: serde_json::Map::new(),
-            },
-            chain: Vec::new(),
-        });
-        let kind = self.kind.as_deref().map(str::to_string);
-        let token = TokenInfo::from_claims(&claims, kind.clone()).unwrap_or(TokenInfo {
-            issuer: self.issuer.to_string(),
-            audience: Vec::new(),
-            scopes: Vec::new(),
-            expires_at: self.expires_at,
-            jti: None,
-            kind,
-        });
-        crate::input::TokenParts::build(&delegation, &token)
+    /// `token`), rebuilt from the claims. Never a default in place of what the token says: a
+    /// failure is an error (the request is denied, not judged as a user with no claims).
+    pub fn parts(&self) -> Result<crate::input::TokenParts, AuthnError> {
+        let claims = self.claims()?;
+        // Within the depth limit when it verified; `usize::MAX` re-reads it as it was.
+        let delegation = chain::decode(&claims, usize::MAX)?;
+        let token = TokenInfo::from_claims(&claims, self.kind.as_deref().map(str::to_string))?;
+        Ok(crate::input::TokenParts::build(&delegation, &token))
     }
 
     /// The identity header values: subject, current actor, and the whole chain (current

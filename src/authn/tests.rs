@@ -133,7 +133,7 @@ async fn verifies_rs256_es256_and_eddsa() {
         assert_eq!(token.audience, [AUD]);
         assert_eq!(token.kind.as_deref(), Some("JWT"));
         // The parts built while verifying are the parts a cached token rebuilds.
-        assert_eq!(verified.parts, Some(auth.parts()), "{kid}");
+        assert_eq!(verified.parts, Some(auth.parts().expect("parts")), "{kid}");
     }
 }
 
@@ -319,4 +319,47 @@ fn scopes_from_scope_or_scp() {
     c["scp"] = json!(["a", "b"]);
     assert_eq!(info(c).scopes, ["a", "b"]);
     assert_eq!(info(base).audience, [AUD, "x"]);
+}
+
+#[test]
+fn claims_that_cannot_be_read_again_are_an_error_never_a_default() {
+    let claims = json!({"iss": "i", "aud": "a", "sub": "alice", "exp": 4_000_000_000u64});
+    let good =
+        Authenticated::from_claims(claims.as_object().expect("object"), None, 4).expect("valid");
+    assert!(good.parts().is_ok());
+    // The cached text no longer parses: every re-read fails, none falls back to "no claims".
+    let broken = Authenticated {
+        claims: "{not json".into(),
+        ..good
+    };
+    assert_eq!(broken.parts().map(|_| ()), Err(AuthnError::Malformed));
+    assert!(broken.token_info().is_err());
+    let err = crate::key::decision_key(1, &[vec![]], &input_for_key(), &broken, &mut None);
+    assert!(err.is_err(), "a key is never built from a default");
+    let decision =
+        crate::pipeline::rescue(&crate::pipeline::CheckError::Key(err.expect_err("error")));
+    assert!(matches!(
+        decision,
+        crate::decision::Decision::Deny(d) if d.status == 403
+            && d.reason == crate::decision::DenyReason::Internal
+    ));
+}
+
+fn input_for_key() -> crate::input::CheckInput<'static> {
+    use envoy_types::ext_authz::v3::pb::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    let request: &'static CheckRequest = Box::leak(Box::new(CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }));
+    crate::input::CheckInput::try_from(request).expect("input")
 }

@@ -334,3 +334,15 @@ fn issuer_defaults_apply_key_by_key() {
     }
     assert!(checked >= 6, "{checked} issuer keys checked");
 }
+
+#[test]
+fn secrets_never_print() {
+    let c = with_keys(&[("policy.bearer_token", "s3cr3t-t0ken")]).expect("valid");
+    assert_eq!(
+        c.policy.bearer_token.as_ref().map(Secret::expose),
+        Some("s3cr3t-t0ken")
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("[redacted]"));
+}

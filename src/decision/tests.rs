@@ -48,8 +48,7 @@ fn allow_sets_identity_last_and_policy_cannot_forge_it() {
 
 #[test]
 fn missing_token_is_401_with_a_bare_challenge() {
-    let resp =
-        Decision::deny(DenyReason::Unauthenticated(AuthnError::Missing)).to_check_response(&[]);
+    let resp = Decision::invalid_token(&AuthnError::Missing).to_check_response(&[]);
     assert_eq!(
         resp.status.as_ref().map(|s| s.code),
         Some(tonic::Code::Unauthenticated as i32)
@@ -65,8 +64,7 @@ fn missing_token_is_401_with_a_bare_challenge() {
 
 #[test]
 fn invalid_token_says_why_in_the_challenge() {
-    let resp =
-        Decision::deny(DenyReason::Unauthenticated(AuthnError::Expired)).to_check_response(&[]);
+    let resp = Decision::invalid_token(&AuthnError::Expired).to_check_response(&[]);
     let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else {
         panic!("expected a denial")
     };
@@ -117,14 +115,25 @@ fn policy_denials() {
 
 #[test]
 fn failures_deny_without_leaking_details() {
-    for reason in [
-        DenyReason::Internal("secret detail".into()),
-        DenyReason::PolicyResult("secret detail".into()),
+    use crate::pipeline::{CheckError, rescue};
+    use crate::policy::{PolicyError, VerdictError};
+    for (error, reason) in [
+        (
+            CheckError::Policy(PolicyError::Parse {
+                path: "secret.rego".into(),
+                message: "secret detail".into(),
+            }),
+            DenyReason::Internal,
+        ),
+        (
+            CheckError::Verdict(VerdictError::Malformed("secret detail".into())),
+            DenyReason::PolicyResult,
+        ),
     ] {
-        let Decision::Deny(d) = Decision::deny(reason) else {
+        let Decision::Deny(d) = rescue(&error) else {
             panic!("deny")
         };
-        assert_eq!(d.status, 403);
+        assert_eq!((d.status, d.reason), (403, reason));
         assert!(!d.body.contains("secret"), "{}", d.body);
     }
 }

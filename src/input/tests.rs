@@ -61,7 +61,7 @@ fn auth() -> Authenticated {
 
 fn doc(req: &CheckRequest) -> serde_json::Value {
     let input = CheckInput::try_from(req).expect("valid input");
-    serde_json::to_value(input.document(auth().parts())).expect("json")
+    serde_json::to_value(input.document(auth().parts().expect("parts"))).expect("json")
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn direct_user_has_null_actor() {
     let req = request("/", &[], "");
     let input = CheckInput::try_from(&req).expect("valid");
     let a = auth_from(json!({"iss": "https://idp", "aud": "svc", "sub": "alice", "exp": 1}));
-    let d = serde_json::to_value(input.document(a.parts())).expect("json");
+    let d = serde_json::to_value(input.document(a.parts().expect("parts"))).expect("json");
     assert_eq!(d["actor"], serde_json::Value::Null);
     assert_eq!(d["delegation"], json!({"chain": [], "depth": 0}));
 }
@@ -238,7 +238,7 @@ fn fast_key_paths_write_what_the_document_holds() {
     use crate::policy::analysis::Segment::Key;
     let req = request("/a?x=1", &[("x-tier", "gold")], "");
     let input = CheckInput::try_from(&req).expect("valid");
-    let doc = input.document(auth().parts());
+    let doc = input.document(auth().parts().expect("parts"));
     let path = |segs: &[&str]| segs.iter().map(|s| Key(s.to_string())).collect::<Vec<_>>();
     for p in [
         path(&["attributes", "request", "http", "method"]),
@@ -248,10 +248,10 @@ fn fast_key_paths_write_what_the_document_holds() {
         path(&["attributes", "request", "http", "scheme"]),
     ] {
         let mut fast = Vec::new();
-        input.feed_key(&p, &mut fast);
+        input.feed_key(&p, &mut fast).expect("key");
         // The slow way: the value in the built document.
         let mut slow = Vec::new();
-        write_value::<Value>(lookup(&doc, &p), &mut slow);
+        write_value::<Value>(lookup(&doc, &p), &mut slow).expect("key");
         assert_eq!(fast, slow, "{p:?}");
     }
 }

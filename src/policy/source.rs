@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::bundle::Limits;
 use super::{Bundle, BundleError, PolicyStore};
-use crate::config::{PolicyConfig, PolicySourceConfig};
+use crate::config::{PolicyConfig, PolicySourceConfig, Secret};
 use crate::watch::DirWatch;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub struct PolicySource {
     limits: Limits,
     poll_interval: Duration,
     max_backoff: Duration,
-    bearer_token: Option<String>,
+    bearer_token: Option<Secret>,
     bearer_token_file: Option<PathBuf>,
     client: reqwest::Client,
 }
@@ -137,7 +137,7 @@ impl PolicySource {
                     .trim()
                     .to_string(),
             ),
-            None => self.bearer_token.clone(),
+            None => self.bearer_token.as_ref().map(|t| t.expose().to_string()),
         };
         if let Some(token) = token {
             req = req.bearer_auth(token);

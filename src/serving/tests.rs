@@ -58,7 +58,10 @@ async fn connections_are_served_round_robin_by_the_worker_threads() {
     let threads = recorder.threads.lock().expect("lock").clone();
     assert_eq!(
         threads,
-        HashSet::from(["onbehalf-serving-0".to_string(), "onbehalf-serving-1".to_string()])
+        HashSet::from([
+            "onbehalf-serving-0".to_string(),
+            "onbehalf-serving-1".to_string()
+        ])
     );
 
     // Stopping ends the accept loop and every worker.
