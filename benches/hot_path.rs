@@ -191,7 +191,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             snapshot
                 .policies
-                .evaluate(black_box(document.clone()))
+                .evaluate(
+                    black_box(document.clone()),
+                    onbehalf::policy::Budget::Inline(std::time::Duration::from_millis(1)),
+                )
                 .expect("eval")
         })
     });

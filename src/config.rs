@@ -189,6 +189,11 @@ pub struct PolicyConfig {
     pub max_content_bytes: u64,
     /// Longest a single evaluation may run; past it the request is denied.
     pub eval_timeout: Interval,
+    /// Longest an evaluation runs on a serving thread before it moves to the evaluation
+    /// threads, so that one slow evaluation never stalls the requests sharing its thread.
+    pub inline_budget: Interval,
+    /// Evaluations running off the serving threads at once; 0 means one per CPU core.
+    pub eval_threads: usize,
     pub signing: SigningConfig,
 }
 
@@ -453,6 +458,12 @@ impl Config {
         }
         if p.eval_timeout.0 < Duration::from_millis(1) {
             bad("policy.eval_timeout".into(), "must be at least 1ms");
+        }
+        if p.inline_budget.0.is_zero() || p.inline_budget.0 > p.eval_timeout.0 {
+            bad(
+                "policy.inline_budget".into(),
+                "must be more than 0 and at most policy.eval_timeout",
+            );
         }
         if p.max_bundle_bytes == 0 || p.max_content_bytes == 0 {
             bad(
@@ -833,6 +844,8 @@ impl Default for PolicyConfig {
             max_bundle_bytes: 16 * 1024 * 1024,
             max_content_bytes: 64 * 1024 * 1024,
             eval_timeout: Interval(Duration::from_millis(100)),
+            inline_budget: Interval(Duration::from_millis(1)),
+            eval_threads: 0,
             signing: SigningConfig::default(),
         }
     }

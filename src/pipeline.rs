@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use regorus::Value;
+use tokio::sync::Semaphore;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::cache::{DecisionCache, sha256, token_digest};
@@ -12,7 +14,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::input::{CheckInput, InputError, TokenParts};
 use crate::key::KeyError;
 use crate::mint::{MintError, MintRequest, Minted, Minter};
-use crate::policy::{PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
+use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
 use crate::telemetry::{Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
@@ -23,6 +25,11 @@ pub struct Authorizer {
     policies: Arc<PolicyStore>,
     decisions: Option<DecisionCache<Arc<Decision>>>,
     minter: Option<Arc<Minter>>,
+    /// An evaluation's slice of a serving thread, and its whole time limit elsewhere.
+    inline_budget: Duration,
+    eval_timeout: Duration,
+    /// Evaluations that outgrew their slice run on blocking threads, this many at once.
+    eval_slots: Arc<Semaphore>,
     metrics: Metrics,
     ready: AtomicBool,
 }
@@ -85,6 +92,11 @@ impl Authorizer {
                 .enabled
                 .then(|| DecisionCache::new(&config.cache.decisions)),
             minter,
+            inline_budget: config.policy.inline_budget.0,
+            eval_timeout: config.policy.eval_timeout.0,
+            eval_slots: Arc::new(Semaphore::new(crate::serving::count(
+                config.policy.eval_threads,
+            ))),
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
         }
@@ -159,7 +171,9 @@ impl Authorizer {
         outcome.actor = auth.actor().cloned();
         outcome.depth = auth.chain.len();
 
-        let decision = self.evaluate(&snapshot, input, &auth, verified.parts, outcome)?;
+        let decision = self
+            .evaluate(&snapshot, input, &auth, verified.parts, outcome)
+            .await?;
         outcome.identity = self.identity(&auth);
 
         let (Decision::Allow(allow), Some(minter)) = (&*decision, &self.minter) else {
@@ -209,9 +223,9 @@ impl Authorizer {
     /// exists, else evaluated (and cached unless evaluation failed). The input document and
     /// the policy's result go into `outcome` when they were built. `parts` are the token's
     /// document parts when verification just built them.
-    fn evaluate(
+    async fn evaluate(
         &self,
-        snapshot: &PolicySnapshot,
+        snapshot: &Arc<PolicySnapshot>,
         input: &CheckInput<'_>,
         auth: &Authenticated,
         mut parts: Option<TokenParts>,
@@ -249,7 +263,10 @@ impl Authorizer {
         };
         let document = input.document(parts);
         outcome.input = Some(document.clone());
-        let result = policies.evaluate(document)?;
+        let result = match policies.evaluate(document.clone(), Budget::Inline(self.inline_budget)) {
+            Err(PolicyError::OverBudget) => self.evaluate_aside(snapshot.clone(), document).await?,
+            result => result?,
+        };
         outcome.result = Some(result.clone());
         let verdict = Verdict::try_from(&result)?;
         let decision = Arc::new(Decision::from_verdict(verdict));
@@ -259,6 +276,30 @@ impl Authorizer {
             cache.insert(key, decision.clone(), interned, auth.expires_at);
         }
         Ok(decision)
+    }
+
+    /// Evaluates off the serving thread, with the whole `eval_timeout`: the requests that
+    /// share the serving thread go on meanwhile. At most `policy.eval_threads` such
+    /// evaluations run at once; more wait their turn (the request waits, not the thread).
+    async fn evaluate_aside(
+        &self,
+        snapshot: Arc<PolicySnapshot>,
+        document: Value,
+    ) -> Result<Value, CheckError> {
+        self.metrics.evaluated_aside();
+        let _slot = self
+            .eval_slots
+            .acquire()
+            .await
+            .map_err(|e| CheckError::Aside(e.to_string()))?;
+        let limit = Budget::Full(self.eval_timeout);
+        tokio::task::spawn_blocking(move || {
+            yield_to_serving_threads();
+            snapshot.policies.evaluate(document, limit)
+        })
+        .await
+        .map_err(|e| CheckError::Aside(e.to_string()))?
+        .map_err(CheckError::Policy)
     }
 
     /// A denial before the request could be read.
@@ -282,6 +323,31 @@ impl Authorizer {
     }
 }
 
+/// Lowers the calling thread's CPU priority (Linux `nice` 10, once per thread): an
+/// evaluation that outgrew its slice yields the cores to the serving threads, so a runaway
+/// policy slows itself rather than every other request. Only the blocking threads of the
+/// serving runtimes run it, and they run nothing but such evaluations.
+fn yield_to_serving_threads() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if LOWERED.with(|l| l.replace(true)) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; with PRIO_PROCESS and a thread id,
+        // setpriority changes that one thread. A failure leaves the priority as it was.
+        let done = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+        };
+        if done != 0 {
+            tracing::debug!("Cannot lower the evaluation thread's priority");
+        }
+    }
+}
+
 /// Why a Check could not end in the policy's own answer, by phase.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -299,6 +365,8 @@ pub enum CheckError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Verdict(#[from] VerdictError),
+    #[error("the evaluation thread failed: {0}")]
+    Aside(String),
     #[error("the policy allowed without a grant and mint.without_grant is deny")]
     NoGrant,
     #[error("minting the upstream token failed: {0}")]
@@ -322,6 +390,7 @@ pub fn rescue(e: &CheckError) -> Decision {
         CheckError::Claims(_)
         | CheckError::Key(_)
         | CheckError::Policy(_)
+        | CheckError::Aside(_)
         | CheckError::Mint(_) => Decision::deny(DenyReason::Internal),
     }
 }

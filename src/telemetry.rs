@@ -47,6 +47,7 @@ pub struct Metrics {
     decision_misses: AtomicU64,
     decision_uncacheable: AtomicU64,
     minted: [AtomicU64; MintResult::ALL.len()],
+    evaluated_aside: AtomicU64,
 }
 
 // === impl Metrics ===
@@ -75,6 +76,11 @@ impl Metrics {
         self.minted
             .get(result as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// An evaluation outgrew its slice of a serving thread and moved off it.
+    pub fn evaluated_aside(&self) {
+        self.evaluated_aside.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn decision_cache_hit(&self) {
@@ -169,6 +175,28 @@ impl Metrics {
                 self.minted(result)
             );
         }
+        family(
+            &mut out,
+            "onbehalf_policy_evaluations_moved_total",
+            "counter",
+            "Evaluations that outgrew policy.inline_budget on a serving thread and ran again off it.",
+        );
+        let _ = writeln!(
+            out,
+            "onbehalf_policy_evaluations_moved_total {}",
+            self.evaluated_aside.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "onbehalf_policy_interpreter_fallbacks_total",
+            "counter",
+            "Evaluations the register VM could not run (for a reason other than a limit), answered by the interpreter.",
+        );
+        let _ = writeln!(
+            out,
+            "onbehalf_policy_interpreter_fallbacks_total {}",
+            crate::policy::interpreter_fallbacks()
+        );
         let counters = [
             (
                 "onbehalf_policy_activations_total",

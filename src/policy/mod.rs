@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::VmError;
 use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::LimitError;
 use regorus::{CompiledPolicy, Engine, Value};
@@ -47,6 +48,31 @@ pub enum PolicyError {
     },
     #[error("evaluating `{query}` failed: {message}")]
     Eval { query: String, message: String },
+    /// The evaluation did not finish within its slice of a serving thread: run it again
+    /// off the serving threads, with the whole `eval_timeout`.
+    #[error("the evaluation needs more than its slice of the serving thread")]
+    OverBudget,
+}
+
+/// How long one evaluation may run, and where it is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// On a serving thread, sharing it with every request of its connections: a short slice
+    /// on the register VM. Past it — or for a policy only the interpreter runs, whose limit
+    /// cannot be set per evaluation — the answer is `PolicyError::OverBudget`.
+    Inline(std::time::Duration),
+    /// Off the serving threads: the whole `policy.eval_timeout` (the interpreter's is the
+    /// process-wide one `set_eval_timeout` sets).
+    Full(std::time::Duration),
+}
+
+/// Evaluations the register VM could not finish for a reason other than a limit, answered
+/// by the interpreter instead (process-wide, for `/metrics`).
+static INTERPRETER_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many evaluations fell back from the register VM to the interpreter.
+pub fn interpreter_fallbacks() -> u64 {
+    INTERPRETER_FALLBACKS.load(Ordering::Relaxed)
 }
 
 /// A compiled policy and the rule it answers with. Cheap to share: evaluation takes `&self`.
@@ -217,21 +243,46 @@ impl PolicySet {
         &self.reads
     }
 
-    /// Evaluates the rule against `input`. `Value::Undefined` means the rule had no value.
-    /// The evaluation time limit is process-wide (`set_eval_timeout`).
+    /// Evaluates the rule against `input` within `budget`. `Value::Undefined` means the rule
+    /// had no value.
     ///
-    /// The register VM answers when the policy compiled for it; anything it reports as an
-    /// error is evaluated again by the interpreter, whose answer then stands.
-    pub fn evaluate(&self, input: Value) -> Result<Value, PolicyError> {
+    /// The register VM answers when the policy compiled for it. A VM evaluation stopped by its
+    /// time limit is never run again on the interpreter (that would double the deadline): it
+    /// is `OverBudget` inline, `Timeout` in full. Any other VM error is evaluated again by the
+    /// interpreter — counted and logged at warn, with the reason — off the serving threads.
+    pub fn evaluate(&self, input: Value, budget: Budget) -> Result<Value, PolicyError> {
         if let Some(vm) = &self.vm {
-            match self.evaluate_vm(vm, input.clone()) {
+            let limit = match budget {
+                Budget::Inline(d) | Budget::Full(d) => d,
+            };
+            match self.evaluate_vm(vm, input.clone(), limit) {
                 Ok(v) => return Ok(v),
+                Err(VmError::TimeLimitExceeded { .. }) => {
+                    return Err(match budget {
+                        Budget::Inline(_) => PolicyError::OverBudget,
+                        Budget::Full(limit) => PolicyError::Timeout {
+                            query: self.query.to_string(),
+                            limit,
+                        },
+                    });
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "VM evaluation failed; using the interpreter")
+                    if let Budget::Inline(_) = budget {
+                        return Err(PolicyError::OverBudget);
+                    }
+                    INTERPRETER_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        error = %e,
+                        policy.query = &*self.query,
+                        "The register VM cannot evaluate this input; using the interpreter"
+                    );
                 }
             }
         }
-        self.evaluate_interpreter(input)
+        match budget {
+            Budget::Inline(_) => Err(PolicyError::OverBudget),
+            Budget::Full(_) => self.evaluate_interpreter(input),
+        }
     }
 
     /// Whether evaluation runs on the register VM.
@@ -239,22 +290,27 @@ impl PolicySet {
         self.vm.is_some()
     }
 
-    fn evaluate_vm(&self, vm: &VmProgram, input: Value) -> Result<Value, String> {
+    fn evaluate_vm(
+        &self,
+        vm: &VmProgram,
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, VmError> {
         VM.with(|cell| {
-            let mut slot = cell.try_borrow_mut().map_err(|e| e.to_string())?;
+            let mut slot = cell.try_borrow_mut().map_err(|e| internal(e.to_string()))?;
             if slot.as_ref().map(|(id, _)| *id) != Some(vm.id) {
                 let mut machine = RegoVM::new_with_policy(self.compiled.clone());
                 machine.load_program(vm.program.clone());
-                machine
-                    .set_data(vm.data.clone())
-                    .map_err(|e| e.to_string())?;
+                machine.set_data(vm.data.clone())?;
+                // Time bounds an evaluation, not a count of instructions (whose default
+                // would send long but legitimate evaluations to the interpreter).
+                machine.set_max_instructions(usize::MAX);
                 *slot = Some((vm.id, machine));
             }
-            let (_, machine) = slot.as_mut().ok_or("no VM")?;
+            let (_, machine) = slot.as_mut().ok_or_else(|| internal("no VM".into()))?;
+            machine.set_execution_timer_config(Some(timer(limit)));
             machine.set_input(input);
-            machine
-                .execute_entry_point_by_name(&self.query)
-                .map_err(|e| e.to_string())
+            machine.execute_entry_point_by_name(&self.query)
         })
     }
 
@@ -281,14 +337,22 @@ impl PolicySet {
 /// microseconds of its limit.
 const EVAL_TIMER_INTERVAL: std::num::NonZeroU32 = std::num::NonZeroU32::new(64).unwrap();
 
-/// Sets the time limit of every evaluation in this process. regorus checks the clock as it
-/// works, so a runaway policy stops within about the limit and the request is denied.
-pub fn set_eval_timeout(limit: std::time::Duration) {
-    use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
-    set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+fn timer(limit: std::time::Duration) -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
         limit,
         check_interval: EVAL_TIMER_INTERVAL,
-    }));
+    }
+}
+
+fn internal(message: String) -> VmError {
+    VmError::Internal { message, pc: 0 }
+}
+
+/// Sets the time limit of the interpreter's evaluations in this process (the register VM's
+/// is set per evaluation). regorus checks the clock as it works, so a runaway policy stops
+/// within about the limit and the request is denied.
+pub fn set_eval_timeout(limit: std::time::Duration) {
+    regorus::utils::limits::set_fallback_execution_timer_config(Some(timer(limit)));
 }
 
 impl std::fmt::Debug for PolicySet {

@@ -4,6 +4,8 @@ use serde_json::json;
 
 use super::*;
 
+const FULL: Budget = Budget::Full(std::time::Duration::from_secs(5));
+
 fn verdict(v: serde_json::Value) -> Result<Verdict, VerdictError> {
     Verdict::try_from(&Value::from(v))
 }
@@ -135,7 +137,7 @@ fn loads_policies_and_data_at_their_paths() {
     let p = PolicySet::load_dir(dir.path(), "data.envoy.authz.allow").expect("loads");
     assert_eq!(p.files().len(), 1);
     let eval = |user: &str| {
-        p.evaluate(Value::from(json!({"user": user})))
+        p.evaluate(Value::from(json!({"user": user})), FULL)
             .expect("evaluates")
     };
     assert_eq!(eval("alice"), Value::from(true));
@@ -224,11 +226,13 @@ fn builtin_errors_make_the_expression_undefined() {
     );
     let p = PolicySet::load_dir(dir.path(), "data.x.allow").expect("loads");
     assert_eq!(
-        p.evaluate(Value::from(json!({"n": "abc"}))).expect("eval"),
+        p.evaluate(Value::from(json!({"n": "abc"})), FULL)
+            .expect("eval"),
         Value::from(false)
     );
     assert_eq!(
-        p.evaluate(Value::from(json!({"n": "5"}))).expect("eval"),
+        p.evaluate(Value::from(json!({"n": "5"})), FULL)
+            .expect("eval"),
         Value::from(true)
     );
 }
@@ -399,7 +403,7 @@ mod default_policy {
         ];
         let p = policies();
         for c in &cases {
-            let result = p.evaluate(input(c)).expect(c.name);
+            let result = p.evaluate(input(c), FULL).expect(c.name);
             let v = Verdict::try_from(&result).expect(c.name);
             assert_eq!(v.allowed, c.allowed, "{}: {result:?}", c.name);
         }
@@ -448,7 +452,7 @@ mod default_policy {
                             allowed: false,
                         };
                         let doc = input(&case);
-                        let vm = p.evaluate(doc.clone()).expect("vm");
+                        let vm = p.evaluate(doc.clone(), FULL).expect("vm");
                         let interpreter = p.evaluate_interpreter(doc).expect("interpreter");
                         assert_eq!(
                             vm, interpreter,
@@ -474,14 +478,17 @@ mod default_policy {
             scopes,
             allowed: true,
         };
-        let ok = Verdict::try_from(&p.evaluate(input(&case(&["book_flight"]))).expect("eval"))
-            .expect("verdict");
+        let ok = Verdict::try_from(
+            &p.evaluate(input(&case(&["book_flight"])), FULL)
+                .expect("eval"),
+        )
+        .expect("verdict");
         assert_eq!(
             ok.grant.map(|g| g.scopes),
             Some(vec!["book_flight".to_string()])
         );
-        let denied =
-            Verdict::try_from(&p.evaluate(input(&case(&[]))).expect("eval")).expect("verdict");
+        let denied = Verdict::try_from(&p.evaluate(input(&case(&[])), FULL).expect("eval"))
+            .expect("verdict");
         assert!(!denied.allowed);
         assert_eq!(denied.insufficient_scope, ["book_flight"]);
     }
@@ -511,7 +518,7 @@ fn bundle_roots_and_yaml_data() {
     let p = PolicySet::from_bundle(&ok, "data.envoy.authz.allow", "").expect("loads");
     assert_eq!(&**p.revision(), "7");
     assert_eq!(
-        p.evaluate(Value::from(json!({"user": "alice"})))
+        p.evaluate(Value::from(json!({"user": "alice"})), FULL)
             .expect("eval"),
         Value::from(true)
     );
