@@ -26,23 +26,10 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
-    if authz.is_ready() {
+    let waiting = authz.readiness().waiting();
+    if waiting.is_empty() {
         return (StatusCode::OK, "ready\n".to_string());
     }
-    let mut waiting: Vec<String> = Vec::new();
-    if authz.policies().load().is_none() {
-        waiting.push(match authz.policies().status().last_error {
-            Some(e) => format!("the policy ({e})"),
-            None => "the policy".into(),
-        });
-    }
-    waiting.extend(
-        authz
-            .verifier()
-            .issuers()
-            .filter(|i| !i.loaded())
-            .map(|i| format!("the keys of {}", i.issuer())),
-    );
     (
         StatusCode::SERVICE_UNAVAILABLE,
         format!("not ready: waiting for {}\n", waiting.join(", ")),

@@ -16,8 +16,8 @@
 // (`crate::x` outside `tests.rs` files), never one below. `src/tests.rs` checks it. One
 // declaration per paragraph, so that rustfmt keeps the order.
 //
-//   jose, config, watch, serving: JOSE keys and algorithms, configuration, file watching,
-//     serving threads (no domain knowledge)
+//   jose, config, watch, serving, readiness: JOSE keys and algorithms, configuration, file
+//     watching, serving threads, the readiness latch (no domain knowledge)
 //   identity, input: who a token names; the edge in (CheckRequest -> input document)
 //   cache: generic digest -> value caches with deadlines
 //   authn: bearer tokens -> verified identities
@@ -34,6 +34,8 @@ pub mod config;
 pub mod watch;
 
 pub mod serving;
+
+pub mod readiness;
 
 pub mod identity;
 

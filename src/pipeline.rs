@@ -1,7 +1,6 @@
 //! The decision pipeline, shared by the gRPC server and `onbehalf check`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use regorus::Value;
@@ -15,6 +14,7 @@ use crate::input::{CheckInput, InputError, TokenParts};
 use crate::key::KeyError;
 use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
+use crate::readiness::{Dependency, Readiness};
 use crate::telemetry::{Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
@@ -31,7 +31,7 @@ pub struct Authorizer {
     /// Evaluations that outgrew their slice run on blocking threads, this many at once.
     eval_slots: Arc<Semaphore>,
     metrics: Metrics,
-    ready: AtomicBool,
+    readiness: Readiness,
 }
 
 /// A decision with what led to it, for logs and `onbehalf check`.
@@ -81,6 +81,7 @@ impl Authorizer {
         policies: Arc<PolicyStore>,
         minter: Option<Arc<Minter>>,
     ) -> Authorizer {
+        let readiness = readiness(&policies, &verifier);
         Authorizer {
             token_header: config.authn.header.clone(),
             identity_headers: config.headers.clone(),
@@ -98,7 +99,7 @@ impl Authorizer {
                 config.policy.eval_threads,
             ))),
             metrics: Metrics::default(),
-            ready: AtomicBool::new(false),
+            readiness,
         }
     }
 
@@ -123,16 +124,13 @@ impl Authorizer {
         &self.policies
     }
 
-    /// Ready once a policy is active and every issuer's keys loaded once; then stays ready.
+    /// The readiness latch: the policy and every issuer's keys, loaded once.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
     pub fn is_ready(&self) -> bool {
-        if self.ready.load(Ordering::Acquire) {
-            return true;
-        }
-        let ready = self.policies.load().is_some() && self.verifier.all_keys_loaded();
-        if ready {
-            self.ready.store(true, Ordering::Release);
-        }
-        ready
+        self.readiness.is_ready()
     }
 
     /// Decides one request (`respond` in `grpc.rs` reads it, logs it once and answers).
@@ -346,6 +344,26 @@ fn yield_to_serving_threads() {
             tracing::debug!("Cannot lower the evaluation thread's priority");
         }
     }
+}
+
+/// Ready once a policy is active and every issuer's keys loaded once.
+fn readiness(policies: &Arc<PolicyStore>, verifier: &Verifier) -> Readiness {
+    let store = policies.clone();
+    let why = policies.clone();
+    let mut dependencies = vec![Dependency::new(
+        "the policy",
+        move || store.load().is_some(),
+        move || why.status().last_error,
+    )];
+    for issuer in verifier.issuers() {
+        let keys = issuer.clone();
+        dependencies.push(Dependency::new(
+            format!("the keys of {}", issuer.issuer()),
+            move || keys.loaded(),
+            || None,
+        ));
+    }
+    Readiness::new(dependencies)
 }
 
 /// Why a Check could not end in the policy's own answer, by phase.
