@@ -1,6 +1,6 @@
 //! The decision pipeline, shared by the gRPC server and `onbehalf check`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use regorus::Value;
@@ -55,10 +55,15 @@ pub struct Outcome {
     pub minted: Option<Arc<Minted>>,
 }
 
+/// The decision an `Outcome` holds until its phases have run (one, shared: a Check allocates
+/// nothing for it).
+static UNDECIDED: LazyLock<Arc<Decision>> =
+    LazyLock::new(|| Arc::new(Decision::deny(DenyReason::Internal)));
+
 impl Default for Outcome {
     fn default() -> Self {
         Outcome {
-            decision: Arc::new(Decision::deny(DenyReason::Internal)),
+            decision: UNDECIDED.clone(),
             error: None,
             input: None,
             result: None,

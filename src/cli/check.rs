@@ -131,6 +131,13 @@ pub async fn run(authorizer: &Authorizer, spec: &RequestSpec, token_header: &str
         json!(if allowed { "allow" } else { "deny" }),
     );
     report.insert("response".into(), describe(&response));
+    if let Some(snapshot) = authorizer.policies().load() {
+        let engine = match snapshot.policies.uses_vm() {
+            true => "register VM",
+            false => "interpreter (always off the serving threads)",
+        };
+        report.insert("policy_engine".into(), json!(engine));
+    }
     if let Decision::Deny(d) = &*outcome.decision {
         report.insert("reason".into(), json!(d.reason.label()));
     }

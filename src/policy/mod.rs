@@ -308,6 +308,8 @@ impl PolicySet {
                 *slot = Some((vm.id, machine));
             }
             let (_, machine) = slot.as_mut().ok_or_else(|| internal("no VM".into()))?;
+            // Set for each evaluation: the VM carries its timer from one run to the next
+            // otherwise (seen as evaluations of microseconds stopped by a 1 ms limit).
             machine.set_execution_timer_config(Some(timer(limit)));
             machine.set_input(input);
             machine.execute_entry_point_by_name(&self.query)

@@ -618,3 +618,35 @@ mod reads {
         );
     }
 }
+
+#[test]
+fn inline_evaluations_in_a_row_each_get_the_whole_slice() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("a.rego"),
+        "package envoy.authz\nimport rego.v1\nallow if input.user == \"alice\"\n",
+    )
+    .expect("write");
+    let p = PolicySet::load_dir(dir.path(), "data.envoy.authz.allow").expect("loads");
+    assert!(p.uses_vm());
+    // A slice far above one evaluation (and above any preemption by a busy machine), but
+    // many evaluations over several slices in all: none may be charged for the others.
+    let inline = Budget::Inline(std::time::Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < std::time::Duration::from_millis(200) {
+        let v = p.evaluate(Value::from(json!({"user": "alice"})), inline);
+        assert_eq!(
+            v.map_err(|e| e.to_string()),
+            Ok(Value::from(true)),
+            "evaluation {n}"
+        );
+        n += 1;
+    }
+    assert!(n > 20, "{n}");
+    // Full, then inline again on the same thread: each limit applies to its own evaluation.
+    p.evaluate(Value::from(json!({"user": "bob"})), FULL)
+        .expect("full");
+    p.evaluate(Value::from(json!({"user": "alice"})), inline)
+        .expect("inline after full");
+}
