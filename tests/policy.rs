@@ -637,8 +637,12 @@ async fn a_slow_evaluation_does_not_stall_its_neighbours() {
         "the slow evaluation stopped early ({slow_took:?}): nothing to measure"
     );
     let with_slow = p99(&mut during);
+    // Kept on the serving thread, the neighbours wait out the whole evaluation (p99 529 ms
+    // measured); moved off after its slice, they wait for a scheduler tick or two. A tenth of
+    // the evaluation tells the two apart on a loaded 2-core machine (12.7 ms seen in CI),
+    // where a fixed few milliseconds over the baseline did not.
     assert!(
-        with_slow <= base + Duration::from_millis(5),
+        with_slow <= base + slow_took / 10,
         "p99 of 200 ordinary requests on the slow one's connection: {with_slow:?} with it, \
          {base:?} without (the 200 took {ordinary_took:?}; the slow one {slow_took:?})"
     );
