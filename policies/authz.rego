@@ -21,7 +21,13 @@ package envoy.authz
 
 import rego.v1
 
-cfg := data.onbehalf
+# The shared data, key by key: `data.onbehalf` as a whole would take in the exchange
+# policy's package (data.onbehalf.exchange) too.
+agents := data.onbehalf.agents
+
+max_depth := data.onbehalf.max_delegation_depth
+
+routes := data.onbehalf.routes
 
 # The answer onbehalf reads (policy.query = data.envoy.authz.allow). It may be a boolean or
 # an object in OPA-Envoy's result shape; onbehalf adds `grant` and `insufficient_scope`.
@@ -48,7 +54,7 @@ allow := {"allowed": false, "insufficient_scope": sort(missing_scopes)} if {
 
 # Capabilities the request needs: one per matching route.
 required contains route.capability if {
-	some route in cfg.routes
+	some route in routes
 	input.attributes.request.http.method in route.methods
 	path_has_prefix(input.parsed_path, route.path)
 }
@@ -95,11 +101,11 @@ delegation_ok if input.actor == null
 
 delegation_ok if {
 	input.actor != null
-	input.delegation.depth <= cfg.max_delegation_depth
+	input.delegation.depth <= max_depth
 	every agent in input.delegation.chain {
-		cfg.agents[agent.id]
+		agents[agent.id]
 	}
 	every capability in required {
-		capability in cfg.agents[input.actor.id].capabilities
+		capability in agents[input.actor.id].capabilities
 	}
 }

@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use crate::authn::TokenCache;
 use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
 use crate::config::{Config, ListenAddr};
+use crate::exchange::Exchanger;
 use crate::grpc::AuthzService;
 use crate::mint::{KeyRing, Minter};
 use crate::pipeline::Authorizer;
@@ -46,6 +47,8 @@ const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 pub struct Running {
     pub grpc_addr: ListenAddr,
     pub admin_addr: SocketAddr,
+    /// The exchange's own listener (`exchange.addr`), when it has one.
+    pub exchange_addr: Option<SocketAddr>,
     pub authorizer: Arc<Authorizer>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -104,12 +107,16 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         keys,
         required: config.policy.signing.required,
     };
-    let store = Arc::new(PolicyStore::new(
+    let mut store = PolicyStore::new(
         &config.policy.query,
         source.describe(),
         source.name(),
         signing,
-    ));
+    );
+    if config.exchange.enabled {
+        store = store.require(&config.exchange.policy_query);
+    }
+    let store = Arc::new(store);
     crate::policy::set_eval_timeout(config.policy.eval_timeout.0);
     let token_cache = config
         .cache
@@ -198,7 +205,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     if let Some(minter) = authorizer.minter()
         && minter.keys().key_file().is_some()
     {
-        background.push(tokio::spawn(watch_mint_key(
+        background.push(tokio::spawn(watch_signing_key(
             minter.keys().clone(),
             shutdown_rx.clone(),
         )));
@@ -221,9 +228,62 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
-    let admin = crate::admin::router(authorizer.clone());
-    let mut admin_stop = shutdown_rx.clone();
+    let mut admin = crate::admin::router(authorizer.clone());
     let (exited_tx, exited) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    let mut exchange_addr = None;
+    if config.exchange.enabled {
+        let exchanger = Exchanger::new(
+            &config.exchange,
+            authorizer.clone(),
+            config.authn.max_delegation_depth,
+        )
+        .map_err(|e| {
+            let file = config
+                .exchange
+                .key_file
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
+            anyhow::anyhow!("exchange.key_file{file}: {e}")
+        })?;
+        let exchanger = Arc::new(exchanger);
+        if exchanger.keys().key_file().is_some() {
+            background.push(tokio::spawn(watch_signing_key(
+                exchanger.keys().clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let routes = crate::exchange::http::router(exchanger);
+        match config.exchange.addr {
+            None => admin = admin.merge(routes),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("exchange.addr: cannot listen on {addr}"))?;
+                exchange_addr = Some(listener.local_addr()?);
+                let mut stop = shutdown_rx.clone();
+                tasks.push(spawn_server(
+                    "exchange",
+                    async move {
+                        axum::serve(listener, routes)
+                            .with_graceful_shutdown(async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            })
+                            .await
+                            .context("exchange server failed")
+                    },
+                    exited_tx.clone(),
+                ));
+            }
+        }
+        tracing::info!(
+            exchange.issuer = %config.exchange.issuer,
+            exchange.addr = %exchange_addr.map_or_else(|| admin_addr.to_string(), |a| a.to_string()),
+            "Serving token exchange"
+        );
+    }
+    let mut admin_stop = shutdown_rx.clone();
     let admin_task = spawn_server(
         "admin",
         async move {
@@ -292,12 +352,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         grpc.workers = workers,
         "Serving ext_authz"
     );
+    tasks.extend([grpc_task, admin_task]);
     Ok(Running {
         grpc_addr,
         admin_addr,
+        exchange_addr,
         authorizer,
         shutdown,
-        tasks: vec![grpc_task, admin_task],
+        tasks,
         background,
         exited,
     })
@@ -392,7 +454,7 @@ async fn refresh_keys(issuer: Arc<IssuerKeys>, mut stop: watch::Receiver<bool>) 
 /// Watches the directory of `mint.key_file` (a mounted Secret swaps a symlink): a new key
 /// signs at once, the previous one stays published. A file that does not hold a usable key is
 /// logged once and changes nothing.
-async fn watch_mint_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) {
+async fn watch_signing_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) {
     let Some(file) = keys.key_file().map(Path::to_path_buf) else {
         return;
     };
@@ -400,7 +462,8 @@ async fn watch_mint_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut changes = DirWatch::new(&dir, false, "mint.key_file");
+    let what = format!("{}.key_file", keys.section());
+    let mut changes = DirWatch::new(&dir, false, &what);
     let mut last_error: Option<String> = None;
     while changes.changed(&mut stop).await {
         let ring = keys.clone();
@@ -410,9 +473,10 @@ async fn watch_mint_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) {
                 let message = e.to_string();
                 if last_error.as_ref() != Some(&message) {
                     tracing::error!(
-                        mint.key_file = %file.display(),
+                        key.section = keys.section(),
+                        key.file = %file.display(),
                         error = %message,
-                        "Cannot load the new minting key; still signing with the current one"
+                        "Cannot load the new signing key; still signing with the current one"
                     );
                     last_error = Some(message);
                 }

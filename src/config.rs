@@ -46,6 +46,7 @@ pub struct Config {
     pub headers: HeaderNames,
     pub cache: CacheConfig,
     pub mint: MintConfig,
+    pub exchange: ExchangeConfig,
     pub log: LogConfig,
 }
 
@@ -84,6 +85,43 @@ pub struct MintConfig {
     pub reuse: bool,
     /// Most minted tokens kept for reuse.
     pub reuse_max_entries: u64,
+}
+
+/// The RFC 8693 token-exchange service: delegation tokens issued on policy's terms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    pub enabled: bool,
+    /// `iss` of issued tokens and the base of the discovery documents; required when enabled.
+    pub issuer: String,
+    /// Its own HTTP listener; the admin listener serves the endpoints when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// PKCS#8 PEM private key, watched for rotation; an ephemeral key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub algorithm: String,
+    /// The rule (or package) whose object decides an exchange.
+    pub policy_query: String,
+    /// Refuse a subject token that carries no `may_act`.
+    pub require_may_act: bool,
+    /// Longest lifetime of an issued token.
+    pub max_ttl: Interval,
+    /// Largest request body read.
+    pub max_request_bytes: usize,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A token bucket per actor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Exchanges per second an actor may sustain; 0 turns the limit off.
+    pub per_second: f64,
+    /// Exchanges an actor may make at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// What an allow without a `grant` does when minting is on.
@@ -584,6 +622,7 @@ impl Config {
             }
         }
         self.validate_mint(&mut bad);
+        self.validate_exchange(&mut bad);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad(
                 "log.level".into(),
@@ -598,6 +637,64 @@ impl Config {
 }
 
 impl Config {
+    fn validate_exchange(&self, bad: &mut impl FnMut(String, &str)) {
+        let x = &self.exchange;
+        if !x.enabled {
+            return;
+        }
+        if !(x.issuer.starts_with("https://") || x.issuer.starts_with("http://")) {
+            bad(
+                "exchange.issuer".into(),
+                "is required when exchange.enabled is true: the http:// or https:// URL \
+                 sidecars trust (the discovery documents are served below it)",
+            );
+        }
+        if crate::jose::SignAlgorithm::parse(&x.algorithm).is_none() {
+            bad(
+                "exchange.algorithm".into(),
+                &format!(
+                    "`{}` cannot sign; use {}",
+                    x.algorithm,
+                    crate::jose::SIGN_ALGORITHMS
+                ),
+            );
+        }
+        if !x.policy_query.starts_with("data.") {
+            bad(
+                "exchange.policy_query".into(),
+                "must be a rule or package path starting with `data.`",
+            );
+        }
+        if x.max_ttl.0 < Duration::from_secs(1) {
+            bad("exchange.max_ttl".into(), "must be at least 1s");
+        }
+        if x.key_id.as_deref().is_some_and(str::is_empty) {
+            bad("exchange.key_id".into(), "must not be empty");
+        }
+        if x.max_request_bytes < 1024 {
+            bad("exchange.max_request_bytes".into(), "must be at least 1024");
+        }
+        let r = &x.rate_limit;
+        if !r.per_second.is_finite() || r.per_second < 0.0 {
+            bad(
+                "exchange.rate_limit.per_second".into(),
+                "must be 0 (no limit) or more",
+            );
+        }
+        if r.per_second > 0.0 && r.burst == 0 {
+            bad(
+                "exchange.rate_limit.burst".into(),
+                "must be at least 1 while per_second is set",
+            );
+        }
+        if x.addr.is_some() && x.addr == Some(self.server.admin_addr) {
+            bad(
+                "exchange.addr".into(),
+                "is server.admin_addr; leave it unset to serve on the admin listener",
+            );
+        }
+    }
+
     fn validate_mint(&self, bad: &mut impl FnMut(String, &str)) {
         let m = &self.mint;
         if !m.enabled {
@@ -879,6 +976,33 @@ impl Default for MintConfig {
             format: MintFormat::Jwt,
             reuse: true,
             reuse_max_entries: 10_000,
+        }
+    }
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            enabled: false,
+            issuer: String::new(),
+            addr: None,
+            key_file: None,
+            key_id: None,
+            algorithm: "ES256".into(),
+            policy_query: "data.onbehalf.exchange".into(),
+            require_may_act: false,
+            max_ttl: Interval(Duration::from_secs(3600)),
+            max_request_bytes: 64 * 1024,
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_second: 5.0,
+            burst: 20,
         }
     }
 }

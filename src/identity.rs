@@ -20,6 +20,18 @@ pub struct Delegation {
     pub subject: Party,
     /// Current actor first, earliest actor last; empty when the user calls directly.
     pub chain: Vec<Party>,
+    /// Who the subject allows to act for it (RFC 8693 §4.4 `may_act`), when the token says.
+    pub may_act: Option<MayAct>,
+}
+
+/// A `may_act` claim: the one party allowed to act for the subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MayAct {
+    pub sub: String,
+    /// When set, the actor must also come from this issuer.
+    pub iss: Option<String>,
+    /// The claim as the token carries it, for the policy.
+    pub claims: Map<String, Value>,
 }
 
 /// Facts about the token itself, for `input.token`.
@@ -44,5 +56,14 @@ impl Delegation {
 
     pub fn depth(&self) -> usize {
         self.chain.len()
+    }
+}
+
+// === impl MayAct ===
+
+impl MayAct {
+    /// Whether a party with `sub` from issuer `iss` (when known) is the one named.
+    pub fn permits(&self, sub: &str, iss: Option<&str>) -> bool {
+        self.sub == sub && self.iss.as_deref().is_none_or(|want| Some(want) == iss)
     }
 }

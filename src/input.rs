@@ -244,6 +244,12 @@ impl TokenParts {
                     Value::from(delegation.chain.iter().map(party).collect::<Vec<_>>()),
                 ),
                 ("depth", Value::from(delegation.depth())),
+                (
+                    "may_act",
+                    delegation.may_act.as_ref().map_or(Value::Null, |m| {
+                        Value::from(serde_json::Value::Object(m.claims.clone()))
+                    }),
+                ),
             ]),
             token: object([
                 ("issuer", Value::from(t.issuer.as_str())),

@@ -26,6 +26,7 @@
 //   decision, telemetry: the edge out (Decision -> CheckResponse); counters and logging
 //   mint: just-in-time upstream tokens
 //   pipeline: the phase order of one Check
+//   exchange: RFC 8693 token exchange, over the pipeline's verifier and policy
 //   grpc, cli, admin, app: serving, the CLI's library half, the admin server, wiring
 pub mod jose;
 
@@ -56,6 +57,8 @@ pub mod telemetry;
 pub mod mint;
 
 pub mod pipeline;
+
+pub mod exchange;
 
 pub mod grpc;
 

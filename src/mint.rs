@@ -81,8 +81,21 @@ pub struct Upstream {
     pub reused: bool,
 }
 
+/// Where a [`KeyRing`] gets its keys: `mint` and `exchange` each have one.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySettings<'a> {
+    /// The configuration section, for log lines (`mint`, `exchange`).
+    pub section: &'static str,
+    pub algorithm: &'a str,
+    pub key_file: Option<&'a Path>,
+    pub key_id: Option<&'a str>,
+    /// How long a key rotated out stays published: the longest life of a token it signed.
+    pub retire_after: Duration,
+}
+
 /// The signing keys: the current one and those rotated out but still published.
 pub struct KeyRing {
+    section: &'static str,
     algorithm: SignAlgorithm,
     key_id: Option<String>,
     key_file: Option<PathBuf>,
@@ -119,7 +132,13 @@ struct Retired {
 impl Minter {
     /// Builds the minter and its keys: from `mint.key_file`, or an ephemeral key.
     pub fn new(config: &MintConfig) -> Result<Minter, KeyError> {
-        let keys = Arc::new(KeyRing::load(config)?);
+        let keys = Arc::new(KeyRing::load(KeySettings {
+            section: "mint",
+            algorithm: &config.algorithm,
+            key_file: config.key_file.as_deref(),
+            key_id: config.key_id.as_deref(),
+            retire_after: config.max_ttl.0,
+        })?);
         let reuse = (config.reuse && config.format == MintFormat::Jwt).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.reuse_max_entries)
@@ -315,33 +334,44 @@ fn reuse_key(
 // === impl KeyRing ===
 
 impl KeyRing {
-    fn load(config: &MintConfig) -> Result<KeyRing, KeyError> {
-        let algorithm = SignAlgorithm::parse(&config.algorithm)
-            .ok_or_else(|| KeyError::Algorithm(config.algorithm.clone()))?;
-        let key = match &config.key_file {
+    /// Loads the key from `key_file`, or makes an ephemeral one.
+    pub fn load(settings: KeySettings<'_>) -> Result<KeyRing, KeyError> {
+        let algorithm = SignAlgorithm::parse(settings.algorithm)
+            .ok_or_else(|| KeyError::Algorithm(settings.algorithm.to_string()))?;
+        let key = match settings.key_file {
             Some(path) => read_key(algorithm, path)?,
             None => {
                 let key = PrivateKey::generate(algorithm)?;
                 tracing::warn!(
-                    mint.algorithm = %algorithm,
-                    "mint.key_file is not set: signing with an ephemeral key made at start; \
-                     tokens minted with it stop verifying when this process ends"
+                    key.section = settings.section,
+                    key.algorithm = %algorithm,
+                    "{}.key_file is not set: signing with an ephemeral key made at start; \
+                     tokens signed with it stop verifying when this process ends",
+                    settings.section
                 );
                 key
             }
         };
-        let kid = config.key_id.clone().unwrap_or_else(|| key.thumbprint());
+        let kid = settings
+            .key_id
+            .map_or_else(|| key.thumbprint(), str::to_string);
         Ok(KeyRing {
+            section: settings.section,
             algorithm,
-            key_id: config.key_id.clone(),
-            key_file: config.key_file.clone(),
-            retire_after: config.max_ttl.0,
+            key_id: settings.key_id.map(str::to_string),
+            key_file: settings.key_file.map(Path::to_path_buf),
+            retire_after: settings.retire_after,
             keys: ArcSwap::from_pointee(Keys {
                 current: Arc::new(SigningKey::new(key, kid)),
                 retired: Vec::new(),
             }),
             rotating: Mutex::new(()),
         })
+    }
+
+    /// The configuration section these keys belong to (`mint`, `exchange`).
+    pub fn section(&self) -> &'static str {
+        self.section
     }
 
     /// The key that signs now.
@@ -395,9 +425,10 @@ impl KeyRing {
             _ => thumbprint,
         };
         tracing::info!(
-            mint.kid = %kid,
-            mint.retired_kid = %old.current.kid,
-            "Minting with a new signing key; the previous one stays published"
+            key.section = self.section,
+            key.kid = %kid,
+            key.retired_kid = %old.current.kid,
+            "Signing with a new key; the previous one stays published"
         );
         self.keys.store(Arc::new(Keys {
             current: Arc::new(SigningKey::new(key, kid)),
@@ -465,8 +496,18 @@ impl SigningKey {
         &self.kid
     }
 
+    /// The JWS `alg` it signs with.
+    pub fn algorithm_name(&self) -> &'static str {
+        self.key.algorithm().name()
+    }
+
     fn public_jwk(&self) -> Json {
         self.key.public_jwk(&self.kid)
+    }
+
+    /// A compact JWS of `claims` with `typ: JWT`.
+    pub fn sign_jwt(&self, claims: &Map<String, Json>) -> Result<String, KeyError> {
+        self.sign(MintFormat::Jwt, claims)
     }
 
     /// A compact JWS of `claims`.
@@ -496,7 +537,7 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -516,7 +557,7 @@ fn random_bytes() -> [u8; 16] {
 }
 
 /// A fresh `jti`: 128 random bits, base64url.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     b64(&random_bytes())
 }
 

@@ -38,6 +38,55 @@ impl MintResult {
     }
 }
 
+/// How a token exchange ended: `issued`, or the error code it was answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeResult {
+    Issued,
+    InvalidRequest,
+    InvalidGrant,
+    InvalidTarget,
+    InvalidScope,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    /// 429: the actor's rate limit.
+    SlowDown,
+    /// 503: no policy or keys yet.
+    TemporarilyUnavailable,
+    /// 500: evaluation or signing failed.
+    ServerError,
+}
+
+impl ExchangeResult {
+    pub const ALL: [ExchangeResult; 10] = [
+        ExchangeResult::Issued,
+        ExchangeResult::InvalidRequest,
+        ExchangeResult::InvalidGrant,
+        ExchangeResult::InvalidTarget,
+        ExchangeResult::InvalidScope,
+        ExchangeResult::UnauthorizedClient,
+        ExchangeResult::UnsupportedGrantType,
+        ExchangeResult::SlowDown,
+        ExchangeResult::TemporarilyUnavailable,
+        ExchangeResult::ServerError,
+    ];
+
+    /// The metric label, which is also the OAuth `error` code for a refusal.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExchangeResult::Issued => "issued",
+            ExchangeResult::InvalidRequest => "invalid_request",
+            ExchangeResult::InvalidGrant => "invalid_grant",
+            ExchangeResult::InvalidTarget => "invalid_target",
+            ExchangeResult::InvalidScope => "invalid_scope",
+            ExchangeResult::UnauthorizedClient => "unauthorized_client",
+            ExchangeResult::UnsupportedGrantType => "unsupported_grant_type",
+            ExchangeResult::SlowDown => "slow_down",
+            ExchangeResult::TemporarilyUnavailable => "temporarily_unavailable",
+            ExchangeResult::ServerError => "server_error",
+        }
+    }
+}
+
 /// Decision counters. Lock-free: one relaxed add per request.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -47,6 +96,7 @@ pub struct Metrics {
     decision_misses: AtomicU64,
     decision_uncacheable: AtomicU64,
     minted: [AtomicU64; MintResult::ALL.len()],
+    exchanges: [AtomicU64; ExchangeResult::ALL.len()],
     evaluated_aside: AtomicU64,
 }
 
@@ -74,6 +124,18 @@ impl Metrics {
 
     pub fn minted(&self, result: MintResult) -> u64 {
         self.minted
+            .get(result as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn exchange(&self, result: ExchangeResult) {
+        if let Some(c) = self.exchanges.get(result as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn exchanges(&self, result: ExchangeResult) -> u64 {
+        self.exchanges
             .get(result as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
@@ -173,6 +235,20 @@ impl Metrics {
                 "onbehalf_minted_tokens_total{{result=\"{}\"}} {}",
                 result.label(),
                 self.minted(result)
+            );
+        }
+        family(
+            &mut out,
+            "onbehalf_token_exchanges_total",
+            "counter",
+            "Token exchanges (POST /token) by result: issued, or the OAuth error code answered.",
+        );
+        for result in ExchangeResult::ALL {
+            let _ = writeln!(
+                out,
+                "onbehalf_token_exchanges_total{{result=\"{}\"}} {}",
+                result.label(),
+                self.exchanges(result)
             );
         }
         family(

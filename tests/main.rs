@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod deploy;
 mod envoy;
+mod exchange;
 mod grpc;
 mod mint;
 mod policy;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::AuthnError;
-use crate::identity::{Delegation, Party, TokenInfo};
+use crate::identity::{Delegation, MayAct, Party, TokenInfo};
 
-/// Decodes subject and actors from verified claims.
+/// Decodes subject and actors from verified claims. A token whose `may_act` names another
+/// party than its current actor is refused: the subject did not allow that actor.
 pub fn decode(claims: &Map<String, Value>, max_depth: usize) -> Result<Delegation, AuthnError> {
     let subject = party(claims).ok_or(AuthnError::MissingClaim("sub"))?;
     let mut chain = Vec::new();
@@ -25,7 +26,37 @@ pub fn decode(claims: &Map<String, Value>, max_depth: usize) -> Result<Delegatio
         chain.push(party(act).ok_or(AuthnError::InvalidActor)?);
         next = act.get("act");
     }
-    Ok(Delegation { subject, chain })
+    let may_act = claims.get("may_act").map(may_act).transpose()?;
+    if let (Some(allowed), Some(actor)) = (&may_act, chain.first())
+        && !allowed.permits(&actor.id, actor.claims.get("iss").and_then(Value::as_str))
+    {
+        return Err(AuthnError::ActorNotPermitted);
+    }
+    Ok(Delegation {
+        subject,
+        chain,
+        may_act,
+    })
+}
+
+/// Reads a `may_act` claim: an object naming one party by `sub`, and optionally `iss`.
+pub fn may_act(value: &Value) -> Result<MayAct, AuthnError> {
+    let claims = value.as_object().ok_or(AuthnError::InvalidMayAct)?;
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(AuthnError::InvalidMayAct)?;
+    let iss = match claims.get("iss") {
+        None => None,
+        Some(Value::String(iss)) => Some(iss.clone()),
+        Some(_) => return Err(AuthnError::InvalidMayAct),
+    };
+    Ok(MayAct {
+        sub: sub.to_string(),
+        iss,
+        claims: claims.clone(),
+    })
 }
 
 fn party(claims: &Map<String, Value>) -> Option<Party> {

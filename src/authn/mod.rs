@@ -13,7 +13,7 @@ pub mod chain;
 pub mod jwks;
 mod token_cache;
 
-pub use crate::identity::{Delegation, Party, TokenInfo};
+pub use crate::identity::{Delegation, MayAct, Party, TokenInfo};
 pub use jwks::{IssuerKeys, KeySet};
 pub use token_cache::{CachedToken, TokenCache};
 
@@ -46,6 +46,10 @@ pub enum AuthnError {
     MissingClaim(&'static str),
     #[error("the token's act claim is malformed")]
     InvalidActor,
+    #[error("the token's may_act claim is malformed")]
+    InvalidMayAct,
+    #[error("the token's actor is not the party its may_act claim permits")]
+    ActorNotPermitted,
     #[error("the token's delegation chain is deeper than {0}")]
     ChainTooDeep(usize),
     #[error("the issuer's keys are not available yet")]

@@ -135,7 +135,10 @@ fn direct_user_has_null_actor() {
     let a = auth_from(json!({"iss": "https://idp", "aud": "svc", "sub": "alice", "exp": 1}));
     let d = serde_json::to_value(input.document(a.parts().expect("parts"))).expect("json");
     assert_eq!(d["actor"], serde_json::Value::Null);
-    assert_eq!(d["delegation"], json!({"chain": [], "depth": 0}));
+    assert_eq!(
+        d["delegation"],
+        json!({"chain": [], "depth": 0, "may_act": null})
+    );
 }
 
 #[test]

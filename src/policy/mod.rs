@@ -39,6 +39,8 @@ pub enum PolicyError {
     OutsideRoots { path: String, roots: Vec<String> },
     #[error("{}", .0.iter().map(|c| format!("{}:{}: unknown function `{}` (not a regorus builtin, not defined by the policy)", c.file, c.line, c.name)).collect::<Vec<_>>().join("\n"))]
     UnknownFunctions(Vec<analysis::UnknownCall>),
+    #[error("no module defines `{0}` (exchange.policy_query): a package at or above it is needed")]
+    Undefined(String),
     #[error("compiling the policy for `{query}` failed: {message}")]
     Compile { query: String, message: String },
     #[error("evaluating `{query}` took longer than {limit:?}")]
@@ -84,6 +86,11 @@ pub struct PolicySet {
     reads: analysis::Reads,
     /// The same policy for regorus' register VM, when it compiles there.
     vm: Option<VmProgram>,
+    /// The engine it compiled from, for queries besides `query` (the exchange's), which are
+    /// rare enough to pay for a copy of the engine per evaluation.
+    engine: Engine,
+    /// `data.<package>` of every module.
+    packages: Vec<String>,
 }
 
 /// A policy compiled for the register VM, with the data it runs against.
@@ -184,9 +191,19 @@ impl PolicySet {
             return Err(PolicyError::UnknownFunctions(unknown));
         }
         let reads = analysis::reads(engine.get_modules());
+        let packages = engine
+            .get_modules()
+            .iter()
+            .filter_map(|m| analysis::dotted(&m.package.refr))
+            .map(|p| match p.starts_with("data.") {
+                true => p,
+                false => format!("data.{p}"),
+            })
+            .collect();
         let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
+        let kept = engine.clone();
         let compiled =
             engine
                 .compile_with_entrypoint(&query.into())
@@ -223,7 +240,49 @@ impl PolicySet {
             revision: revision.into(),
             reads,
             vm,
+            engine: kept,
+            packages,
         })
+    }
+
+    /// Whether some module of the policy could define `query`: a package at or above it.
+    pub fn defines(&self, query: &str) -> bool {
+        self.packages.iter().any(|p| {
+            query == p
+                || query
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// Evaluates another query than the policy's own — a rule or a whole package, as OPA
+    /// answers `data.a.b` — on the interpreter, within the process's evaluation time limit.
+    /// `Value::Undefined` means no value.
+    pub fn evaluate_query(&self, query: &str, input: Value) -> Result<Value, PolicyError> {
+        let eval_error = |message: String| PolicyError::Eval {
+            query: query.to_string(),
+            message,
+        };
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        let results = engine
+            .eval_query(query.to_string(), false)
+            .map_err(|e| match e.downcast_ref::<LimitError>() {
+                Some(LimitError::TimeLimitExceeded { limit, .. }) => PolicyError::Timeout {
+                    query: query.to_string(),
+                    limit: *limit,
+                },
+                _ => eval_error(e.to_string()),
+            })?;
+        let mut values = results
+            .result
+            .into_iter()
+            .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
+        match (values.next(), values.next()) {
+            (None, _) => Ok(Value::Undefined),
+            (Some(v), None) => Ok(v),
+            (Some(_), Some(_)) => Err(eval_error("the query has more than one value".into())),
+        }
     }
 
     pub fn query(&self) -> &str {

@@ -46,6 +46,8 @@ pub struct Signing {
 /// Holds the active policy and the record of loads.
 pub struct PolicyStore {
     query: String,
+    /// Other queries a bundle must define to be activated (the exchange's).
+    required: Vec<String>,
     signing: Signing,
     current: ArcSwapOption<PolicySnapshot>,
     status: Mutex<PolicyStatus>,
@@ -59,6 +61,7 @@ impl PolicyStore {
     pub fn new(query: &str, source: String, name: String, signing: Signing) -> PolicyStore {
         PolicyStore {
             query: query.to_string(),
+            required: Vec::new(),
             signing,
             current: ArcSwapOption::empty(),
             status: Mutex::new(PolicyStatus {
@@ -69,6 +72,13 @@ impl PolicyStore {
             activations: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Refuses bundles that define no package for `query`, as it refuses one that does not
+    /// compile: the last good policy keeps answering it.
+    pub fn require(mut self, query: &str) -> PolicyStore {
+        self.required.push(query.to_string());
+        self
     }
 
     /// The active policy, or `None` before the first successful load.
@@ -138,6 +148,9 @@ impl PolicyStore {
                     query: self.query.clone(),
                     message: format!("the compile task failed: {e}"),
                 })??;
+        if let Some(missing) = self.required.iter().find(|q| !policies.defines(q)) {
+            return Err(PolicyError::Undefined(missing.clone()));
+        }
         Ok(Some(PolicySnapshot {
             policies,
             generation: current.map_or(1, |c| c.generation + 1),
