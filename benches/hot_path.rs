@@ -137,7 +137,7 @@ fn authorizer(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, caches: boo
     )
     .expect("config");
     let (authorizer, source) = onbehalf::app::build_authorizer(&config).expect("build");
-    rt.block_on(onbehalf::app::load_once(&authorizer, &source))
+    rt.block_on(onbehalf::app::load_once(&authorizer, &source, &config))
         .expect("load");
     authorizer
 }

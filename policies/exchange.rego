@@ -29,7 +29,7 @@ allow if {
 	known_agents
 	input.subject.claims.employee == true
 	count(input.chain) + 1 <= max_depth
-	count(scopes) > 0
+	count(allowed_scopes) > 0
 }
 
 # Why a refusal is refused; onbehalf answers `unauthorized_client` when this is undefined.
@@ -38,6 +38,12 @@ error := "unauthorized_client" if not known_agents
 error := "invalid_grant" if {
 	known_agents
 	not input.subject.claims.employee == true
+}
+
+error := "invalid_scope" if {
+	known_agents
+	input.subject.claims.employee == true
+	count(allowed_scopes) == 0
 }
 
 error_description := sprintf("%s is not a registered agent", [input.actor.id]) if {

@@ -62,3 +62,9 @@ test_the_depth_limit_holds if {
 	result := exchange with input as request(alice, "travel-agent", ["orchestrator", "ops-agent"], [])
 	not result.allow
 }
+
+test_nothing_to_delegate_is_invalid_scope if {
+	result := exchange with input as request({"sub": "alice", "employee": true, "scope": "admin"}, "travel-agent", [], [])
+	not result.allow
+	result.error == "invalid_scope"
+}

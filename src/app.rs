@@ -162,8 +162,13 @@ async fn load_file_keys(authorizer: &Authorizer) -> anyhow::Result<()> {
 }
 
 /// Loads the policy and every issuer's keys once, for one-shot use (`onbehalf check`); a
-/// policy that does not load is an error.
-pub async fn load_once(authorizer: &Authorizer, source: &PolicySource) -> anyhow::Result<()> {
+/// policy that does not load is an error. The configuration's own exchange issuer is not
+/// fetched: that exchange is served by `serve`, which a one-shot run does not start.
+pub async fn load_once(
+    authorizer: &Authorizer,
+    source: &PolicySource,
+    config: &Config,
+) -> anyhow::Result<()> {
     let bundle = source.load().await?;
     authorizer
         .policies()
@@ -171,8 +176,12 @@ pub async fn load_once(authorizer: &Authorizer, source: &PolicySource) -> anyhow
         .await
         .with_context(|| format!("loading the policy from {}", source.describe()))?;
     load_file_keys(authorizer).await?;
+    let own = config
+        .exchange
+        .enabled
+        .then_some(config.exchange.issuer.as_str());
     for issuer in authorizer.verifier().issuers() {
-        if !issuer.loaded() {
+        if !issuer.loaded() && Some(issuer.issuer()) != own {
             issuer.refresh(true).await;
         }
     }

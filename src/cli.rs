@@ -2,3 +2,4 @@
 //! and benchmarks. Parsing arguments stays in `main.rs`.
 
 pub mod check;
+pub mod exchange;

@@ -687,6 +687,12 @@ impl Config {
                 "must be at least 1 while per_second is set",
             );
         }
+        if self.mint.enabled && self.mint.issuer == x.issuer {
+            bad(
+                "exchange.issuer".into(),
+                "is also mint.issuer; give each its own (a verifier picks keys by `iss`)",
+            );
+        }
         if x.addr.is_some() && x.addr == Some(self.server.admin_addr) {
             bad(
                 "exchange.addr".into(),

@@ -58,6 +58,16 @@ enum Command {
         #[arg(long)]
         body: Option<String>,
     },
+    /// Exchange a user's token and an agent's token for a delegation token (RFC 8693) at a
+    /// running exchange (exchange.enabled), and print the issued token with its decoded
+    /// header and claims. Exits 0 when a token was issued, 1 when refused.
+    Exchange {
+        #[command(flatten)]
+        args: onbehalf::cli::exchange::ExchangeArgs,
+        /// Print only the issued token (for `T=$(onbehalf exchange ... --token-only)`).
+        #[arg(long)]
+        token_only: bool,
+    },
     /// Policy authoring: run Rego tests, build OPA bundles.
     Policy {
         #[command(subcommand)]
@@ -167,12 +177,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spec.body = body;
             }
             let (authorizer, source) = onbehalf::app::build_authorizer(&config)?;
-            onbehalf::app::load_once(&authorizer, &source).await?;
+            onbehalf::app::load_once(&authorizer, &source, &config).await?;
             let (report, allowed) =
                 onbehalf::cli::check::run(&authorizer, &spec, &config.authn.header).await;
             let text = serde_json::to_string_pretty(&report).context("printing the report")?;
             println!("{text}");
             Ok(match allowed {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(1),
+            })
+        }
+        Command::Exchange { args, token_only } => {
+            let (report, issued) = onbehalf::cli::exchange::run(&args).await?;
+            match (
+                token_only,
+                report.get("access_token").and_then(|t| t.as_str()),
+            ) {
+                (true, Some(token)) => println!("{token}"),
+                _ => {
+                    let text =
+                        serde_json::to_string_pretty(&report).context("printing the report")?;
+                    println!("{text}");
+                }
+            }
+            Ok(match issued {
                 true => ExitCode::SUCCESS,
                 false => ExitCode::from(1),
             })

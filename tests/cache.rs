@@ -41,7 +41,7 @@ async fn authorizer(
     );
     let config = parse_config(&yaml);
     let (authorizer, source) = onbehalf::app::build_authorizer(&config).expect("builds");
-    onbehalf::app::load_once(&authorizer, &source)
+    onbehalf::app::load_once(&authorizer, &source, &config)
         .await
         .expect("loads");
     authorizer

@@ -200,3 +200,51 @@ fn help_explains_each_command() {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
 }
+
+/// `onbehalf exchange` against a running exchange: the issued token's claims, exit 0; a
+/// refusal's error, exit 1; `--token-only` for the shell.
+#[tokio::test]
+async fn exchange_prints_the_issued_token_and_its_claims() {
+    let x = crate::exchange::Exchange::start("").await;
+    let alice = x.alice("book_flight read_bookings", serde_json::json!({}));
+    let agent = x.agent("travel-agent", serde_json::json!({}));
+    let run = |extra: Vec<String>| {
+        let mut args = vec![
+            "exchange".to_string(),
+            "--url".into(),
+            x.issuer.clone(),
+            "--subject-token".into(),
+            alice.clone(),
+            "--actor-token".into(),
+            agent.clone(),
+        ];
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            onbehalf(&args)
+        })
+    };
+    let out = run(vec!["--scope".into(), "book_flight".into()])
+        .await
+        .expect("run");
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["claims"]["sub"], "alice");
+    assert_eq!(r["claims"]["act"]["sub"], "travel-agent");
+    assert_eq!(r["scope"], "book_flight");
+    assert_eq!(r["header"]["typ"], "JWT");
+
+    let out = run(vec!["--scope".into(), "admin".into()])
+        .await
+        .expect("run");
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{r:#}");
+    assert_eq!(r["response"]["error"], "invalid_scope");
+
+    let out = run(vec!["--token-only".into()]).await.expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let claims = x.verify(token.trim()).await;
+    assert_eq!(claims["scope"], "book_flight read_bookings");
+    x.sidecar.stop().await;
+}

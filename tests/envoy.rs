@@ -92,15 +92,26 @@ fn envoy_yaml_validates() {
     );
 }
 
-/// The demo configuration (`deploy/demo/onbehalf.yaml`) on the given ports, with paths made
-/// absolute and `edit` applied last.
+/// The demo configuration (`deploy/demo/onbehalf.yaml`) on the given ports (the exchange on
+/// `exchange`, or a free port), with paths made absolute and `edit` applied last.
 fn demo_config(dir: &Path, grpc: u16, admin: u16, edit: impl Fn(String) -> String) -> PathBuf {
+    demo_config_with_exchange(dir, grpc, admin, free_port(), edit)
+}
+
+fn demo_config_with_exchange(
+    dir: &Path,
+    grpc: u16,
+    admin: u16,
+    exchange: u16,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let config = dir.join("onbehalf.yaml");
     let demo =
         std::fs::read_to_string(repo().join("deploy/demo/onbehalf.yaml")).expect("demo config");
     let demo = edit(demo)
         .replace("127.0.0.1:9191", &format!("127.0.0.1:{grpc}"))
         .replace("127.0.0.1:8181", &format!("127.0.0.1:{admin}"))
+        .replace("127.0.0.1:8282", &format!("127.0.0.1:{exchange}"))
         .replace(
             "dir: policies",
             &format!("dir: {}", repo().join("policies").display()),
@@ -114,6 +125,22 @@ fn demo_config(dir: &Path, grpc: u16, admin: u16, edit: impl Fn(String) -> Strin
         );
     std::fs::write(&config, demo).expect("write config");
     config
+}
+
+/// Service B: the demo echo upstream, which also prints the claims of the token it was given.
+async fn start_echo(dir: &Path, port: u16) -> Proc {
+    let log = dir.join("echo.log");
+    let proc = Proc(
+        Command::new(python())
+            .arg(repo().join("deploy/demo/echo_upstream.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start echo"),
+    );
+    wait_for(&format!("http://127.0.0.1:{port}/"), "echo", &log).await;
+    proc
 }
 
 /// The real binary, serving `config`; returns once `/readyz` answers on `admin`.
@@ -464,18 +491,7 @@ async fn minted_tokens_pass_envoy_jwt_authn_and_survive_rotation() {
     let dir = tempfile::tempdir().expect("tmp");
     let [grpc, admin, ingress, guard, echo_port, envoy_admin] = [(); 6].map(|_| free_port());
 
-    // Service B: the demo echo upstream (it prints the claims it was given).
-    let echo_log = dir.path().join("echo.log");
-    let _echo = Proc(
-        Command::new(python())
-            .arg(repo().join("deploy/demo/echo_upstream.py"))
-            .arg(echo_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&echo_log).expect("log"))
-            .spawn()
-            .expect("start echo"),
-    );
-    wait_for(&format!("http://127.0.0.1:{echo_port}/"), "echo", &echo_log).await;
+    let _echo = start_echo(dir.path(), echo_port).await;
 
     // onbehalf minting with a key file, tokens living 5s.
     let keys = dir.path().join("keys");
@@ -634,4 +650,92 @@ async fn minted_tokens_pass_envoy_jwt_authn_and_survive_rotation() {
     assert_eq!(status, 401, "an expired minted token");
     let expired = pyjwt_verify(&jwks_url, &[after]);
     assert_eq!(expired[0]["ok"], false);
+}
+
+/// The seed's flow from the start: Alice's token and the travel agent's, made by PyJWT, are
+/// exchanged by a standard-library Python client for a delegation token; sent through a real
+/// Envoy, it reaches Service B as Alice via the agent (onbehalf trusts its own exchange by
+/// discovery, as the quickstart does); the policy's other routes stay closed to it.
+#[tokio::test]
+async fn an_exchanged_delegation_token_passes_envoy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let [grpc, admin, exchange, listen, echo_port, envoy_admin] = [(); 6].map(|_| free_port());
+    let _echo = start_echo(dir.path(), echo_port).await;
+    let config = demo_config_with_exchange(dir.path(), grpc, admin, exchange, |c| c);
+    let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
+    let _envoy = start_envoy(
+        dir.path(),
+        &yaml,
+        &[
+            (8000, listen),
+            (9191, grpc),
+            (8080, echo_port),
+            (9901, envoy_admin),
+        ],
+        envoy_admin,
+    )
+    .await;
+
+    let alice = alice(&["--scope", "book_flight read_bookings"]);
+    let agent = mint(&["--sub", "travel-agent"]);
+    let exchanged = |extra: &[&str]| {
+        let out = Command::new(python())
+            .arg(repo().join("tests/fixtures/exchange_client.py"))
+            .arg(format!("http://127.0.0.1:{exchange}/token"))
+            .args([&alice, &agent])
+            .args(extra)
+            .output()
+            .expect("run exchange_client.py");
+        assert!(
+            out.status.success(),
+            "exchange_client.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+    };
+    let answer = exchanged(&["scope=book_flight", "audience=service-b"]);
+    assert_eq!(answer["status"], 200, "{answer}");
+    let token = answer["body"]["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{listen}{path}");
+    let resp = client
+        .post(url("/flights/bookings"))
+        .header("host", AUD)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let echoed: Value = resp.json().await.expect("echo json");
+    assert_eq!(echoed["headers"]["x-onbehalf-subject"], "alice");
+    assert_eq!(echoed["headers"]["x-onbehalf-actor"], "travel-agent");
+    // Service B gets the token minted for this request: still Alice via the agent.
+    let claims = &echoed["token_claims"];
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"], serde_json::json!({"sub": "travel-agent"}));
+    assert_eq!(claims["scope"], "book_flight");
+
+    // The delegation carries book_flight only: reading bookings is refused, as is admin.
+    for (method, path) in [
+        (reqwest::Method::GET, "/flights"),
+        (reqwest::Method::GET, "/admin/users"),
+    ] {
+        let resp = client
+            .request(method, url(path))
+            .header("host", AUD)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    // More than the policy allows: refused at the exchange.
+    let answer = exchanged(&["scope=book_flight admin"]);
+    assert_eq!(answer["status"], 400, "{answer}");
+    assert_eq!(answer["body"]["error"], "invalid_scope", "{answer}");
 }

@@ -20,7 +20,37 @@ fn embedded_defaults_are_valid() {
     assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:9191");
     assert_eq!(c.server.admin_addr.to_string(), "127.0.0.1:8181");
     assert_eq!(c.policy.query, "data.envoy.authz.allow");
-    assert_eq!(c.authn.issuers.len(), 1);
+    // The demo IdP, and the quickstart's own token exchange trusted by discovery.
+    assert_eq!(c.authn.issuers.len(), 2);
+    assert!(c.exchange.enabled);
+    assert_eq!(c.authn.issuers[1].issuer, c.exchange.issuer);
+    assert!(c.authn.issuers[1].discovery);
+}
+
+#[test]
+fn exchange_is_validated_when_enabled() {
+    let err = parse(&format!(
+        "{MINIMAL}mint:\n  enabled: true\n  issuer: http://x\nexchange:\n  enabled: true\n  \
+         issuer: http://x\n  algorithm: HS256\n  policy_query: allow\n  max_ttl: 0s\n  \
+         max_request_bytes: 10\n  rate_limit:\n    per_second: -1\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "exchange.issuer: is also mint.issuer",
+        "exchange.algorithm",
+        "exchange.policy_query",
+        "exchange.max_ttl",
+        "exchange.max_request_bytes",
+        "exchange.rate_limit.per_second",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    let err = parse(&format!("{MINIMAL}exchange:\n  enabled: true\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exchange.issuer: is required"), "{err}");
+    parse(&format!("{MINIMAL}exchange:\n  algorithm: HS256\n")).expect("disabled");
 }
 
 #[test]
