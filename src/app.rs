@@ -117,7 +117,6 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         store = store.require(&config.exchange.policy_query);
     }
     let store = Arc::new(store);
-    crate::policy::set_eval_timeout(config.policy.eval_timeout.0);
     let token_cache = config
         .cache
         .tokens
@@ -242,12 +241,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let mut exchange_addr = None;
     if config.exchange.enabled {
-        let exchanger = Exchanger::new(
-            &config.exchange,
-            authorizer.clone(),
-            config.authn.max_delegation_depth,
-        )
-        .map_err(|e| {
+        let exchanger = Exchanger::new(config, authorizer.clone()).map_err(|e| {
             let file = config
                 .exchange
                 .key_file

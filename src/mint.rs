@@ -496,11 +496,6 @@ impl SigningKey {
         &self.kid
     }
 
-    /// The JWS `alg` it signs with.
-    pub fn algorithm_name(&self) -> &'static str {
-        self.key.algorithm().name()
-    }
-
     fn public_jwk(&self) -> Json {
         self.key.public_jwk(&self.kid)
     }

@@ -717,7 +717,8 @@ async fn an_exchanged_delegation_token_passes_envoy() {
     // Service B gets the token minted for this request: still Alice via the agent.
     let claims = &echoed["token_claims"];
     assert_eq!(claims["sub"], "alice");
-    assert_eq!(claims["act"], serde_json::json!({"sub": "travel-agent"}));
+    assert_eq!(claims["act"]["sub"], "travel-agent");
+    assert_eq!(claims["act"]["iss"], "https://idp.demo.onbehalf.dev");
     assert_eq!(claims["scope"], "book_flight");
 
     // The delegation carries book_flight only: reading bookings is refused, as is admin.

@@ -192,7 +192,7 @@ async fn an_agent_gets_a_least_privilege_delegation_token_the_sidecar_enforces()
     assert_eq!(claims["employee"], true, "subject_claims copied");
     assert_eq!(
         claims["act"],
-        json!({"sub": "travel-agent", "capabilities": ["book_flight"]})
+        json!({"sub": "travel-agent", "iss": x.idp.issuer(), "capabilities": ["book_flight"]})
     );
     assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
     assert_eq!(
@@ -239,7 +239,8 @@ async fn redelegation_nests_act_exactly_and_stops_at_the_depth_limit() {
     assert_eq!(claims["sub"], "alice");
     assert_eq!(
         claims["act"],
-        json!({"sub": "ops-agent", "act": {"sub": "orchestrator"}}),
+        json!({"sub": "ops-agent", "iss": x.idp.issuer(),
+               "act": {"sub": "orchestrator", "iss": x.idp.issuer()}}),
         "the earlier chain, exactly as signed, below the new actor"
     );
     assert_eq!(claims["scope"], "admin read_bookings");
@@ -320,6 +321,8 @@ async fn every_refusal_has_its_status_and_error_code() {
         sign("rsa-1", &c)
     };
     let rogue = x.agent("rogue-agent", json!({}));
+    // A delegation token as the actor token: whoever holds it would act as its subject.
+    let delegated_actor = sign("rsa-1", &delegation(&iss, &["travel-agent"], "book_flight"));
 
     // (what, subject token, actor token, more parameters, error)
     type Case<'a> = (&'a str, String, String, Vec<(&'a str, &'a str)>, &'a str);
@@ -363,6 +366,13 @@ async fn every_refusal_has_its_status_and_error_code() {
             "not a token",
             "nope".into(),
             agent.clone(),
+            vec![],
+            "invalid_grant",
+        ),
+        (
+            "a delegation token as actor",
+            alice.clone(),
+            delegated_actor,
             vec![],
             "invalid_grant",
         ),
@@ -459,7 +469,7 @@ async fn every_refusal_has_its_status_and_error_code() {
 
     let metrics = x.sidecar.metrics().await;
     for (result, n) in [
-        ("invalid_grant", 7),
+        ("invalid_grant", 8),
         ("invalid_scope", 1),
         ("invalid_target", 2),
         ("unauthorized_client", 1),
@@ -501,6 +511,9 @@ async fn may_act_names_who_may_act_for_the_subject() {
         .exchange(&x.alice("book_flight", elsewhere), &agent, &[])
         .await;
     assert_eq!((status, error(&body)), (400, "invalid_grant"), "{body}");
+    let here = json!({"may_act": {"sub": "travel-agent", "iss": x.idp.issuer()}});
+    let (status, _, body) = x.exchange(&x.alice("book_flight", here), &agent, &[]).await;
+    assert_eq!(status, 200, "{body}");
     x.sidecar.stop().await;
 
     // require_may_act: a subject token without may_act is refused.
@@ -581,7 +594,8 @@ async fn exp_is_never_after_either_input_token() {
     let x = Exchange::start("").await;
     let mut alice = delegation(&x.idp.issuer(), &[], "book_flight");
     let alice_exp = now() + 40;
-    alice["exp"] = json!(alice_exp);
+    // A NumericDate may be a float: it bounds the issued token all the same.
+    alice["exp"] = json!(alice_exp as f64 + 0.2);
     let agent_exp = now() + 70;
     let agent = sign(
         "rsa-1",

@@ -106,12 +106,25 @@ impl TokenInfo {
             issuer,
             audience,
             scopes,
-            expires_at: claims.get("exp").and_then(Value::as_i64),
+            expires_at: claims.get("exp").and_then(numeric_date),
             jti: claims
                 .get("jti")
                 .and_then(Value::as_str)
                 .map(str::to_string),
             kind,
         })
+    }
+}
+
+/// A NumericDate (RFC 7519 §2) as whole seconds, rounded as jsonwebtoken reads it when it
+/// checks `exp`: an issuer may write `1800000000.5`, and a float must bound caches and
+/// issued tokens as surely as an integer.
+fn numeric_date(value: &Value) -> Option<i64> {
+    match value.as_i64() {
+        Some(n) => Some(n),
+        None => value
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < i64::MAX as f64)
+            .map(|f| f.round() as i64),
     }
 }

@@ -5,8 +5,8 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-/// What to ask for (the `onbehalf exchange` flags).
-#[derive(Debug, Default, clap::Args)]
+/// What to ask for (the `onbehalf exchange` flags). No `Debug`: it holds tokens.
+#[derive(Default, clap::Args)]
 pub struct ExchangeArgs {
     /// The exchange's issuer URL, whose /token is posted to (or the token endpoint itself).
     #[arg(long, default_value = "http://127.0.0.1:8282")]
@@ -52,7 +52,12 @@ pub async fn run(args: &ExchangeArgs) -> anyhow::Result<(Value, bool)> {
     for r in &args.resources {
         form.append_pair("resource", r);
     }
-    let response = reqwest::Client::new()
+    // Never follow a redirect: it would post both tokens wherever it points.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let response = client
         .post(&url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form.finish())

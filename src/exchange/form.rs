@@ -135,10 +135,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<TokenRequest, Ex
         ));
     }
     // RFC 8707 §2: a resource is an absolute URI without a fragment.
-    if let Some(bad) = resource
-        .iter()
-        .find(|r| !r.contains("://") || r.contains('#'))
-    {
+    if let Some(bad) = resource.iter().find(|r| !absolute_uri(r)) {
         return Err(ExchangeError::new(
             crate::telemetry::ExchangeResult::InvalidTarget,
             format!("the resource {bad:?} is not an absolute URI without a fragment"),
@@ -154,6 +151,19 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<TokenRequest, Ex
         resource,
         scope,
     })
+}
+
+/// `scheme ":" rest` (RFC 3986 §3.1, §4.3), with no fragment, no whitespace or controls.
+fn absolute_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !s.contains('#')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 impl std::fmt::Debug for TokenRequest {

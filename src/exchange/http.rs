@@ -46,13 +46,15 @@ async fn token(State(x): State<Arc<Exchanger>>, request: Request) -> Response {
     log(&record, result.as_ref().err(), code, start);
     match result {
         Ok(issued) => {
-            let body = json!({
+            let mut body = json!({
                 "access_token": issued.access_token,
                 "issued_token_type": issued.issued_token_type,
                 "token_type": "Bearer",
                 "expires_in": issued.expires_in,
-                "scope": issued.scope.join(" "),
             });
+            if let (false, Some(fields)) = (issued.scope.is_empty(), body.as_object_mut()) {
+                fields.insert("scope".into(), json!(issued.scope.join(" ")));
+            }
             (no_store(), Json(body)).into_response()
         }
         Err(e) => error_response(&e),
@@ -144,17 +146,15 @@ fn log(record: &Record, error: Option<&ExchangeError>, code: ExchangeResult, sta
     }
 }
 
+/// The authorization-server metadata (RFC 8414), served at both well-known paths: it
+/// advertises token exchange only — no authorization endpoint, no ID tokens.
 async fn discovery(State(x): State<Arc<Exchanger>>) -> impl IntoResponse {
-    let keys = x.keys().current();
     Json(json!({
         "issuer": x.issuer(),
         "token_endpoint": x.url("token"),
         "jwks_uri": x.url(JWKS_PATH),
         "grant_types_supported": [form::GRANT_TYPE],
         "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [keys.algorithm_name()],
     }))
 }
 

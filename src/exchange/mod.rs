@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json, json};
 
 use crate::authn::{Authenticated, AuthnError};
-use crate::config::{ExchangeConfig, Interval};
+use crate::config::{Config, Interval};
 use crate::identity::Party;
 use crate::mint::{KeyRing, KeySettings, random_id, unix_now};
 use crate::pipeline::Authorizer;
@@ -38,12 +38,22 @@ pub struct ExchangeError {
 }
 
 /// An issued delegation token and what the response says of it.
-#[derive(Debug)]
 pub struct Issued {
     pub access_token: String,
     pub issued_token_type: &'static str,
     pub expires_in: i64,
     pub scope: Vec<String>,
+}
+
+impl std::fmt::Debug for Issued {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("issued_token_type", &self.issued_token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one exchange was about, for its decision-log line. Never a token.
@@ -68,14 +78,22 @@ pub struct Exchanger {
     max_ttl: Duration,
     max_depth: usize,
     max_request_bytes: usize,
+    eval_timeout: Duration,
     keys: Arc<KeyRing>,
     limiter: Option<RateLimiter>,
+    /// Exchanges in flight: past it, new ones are answered 503 before any work.
+    slots: tokio::sync::Semaphore,
     authorizer: Arc<Authorizer>,
 }
 
+/// Most exchanges worked on at once (each may verify two tokens and evaluate the policy on a
+/// blocking thread); beyond it, `temporarily_unavailable` at once.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Claims never copied from an input token into an issued one by `subject_claims` or
-/// `act_claims`: onbehalf sets them, or they describe the input token, not a party.
-const RESERVED: [&str; 12] = [
+/// `act_claims`: onbehalf sets them, or they describe the input token or how its holder
+/// authenticated (which the agent holding the issued token did not do), not a party.
+const RESERVED: [&str; 24] = [
     "iss",
     "sub",
     "aud",
@@ -88,6 +106,18 @@ const RESERVED: [&str; 12] = [
     "scope",
     "scp",
     "client_id",
+    "azp",
+    "cnf",
+    "acr",
+    "amr",
+    "auth_time",
+    "sid",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    "token_use",
+    "typ",
+    "txn",
 ];
 
 /// The policy's answer, read strictly.
@@ -144,12 +174,15 @@ impl ExchangeError {
 // === impl Exchanger ===
 
 impl Exchanger {
-    /// Builds the exchange service over the sidecar's verifier and policy store.
+    /// Builds the exchange service (`config.exchange`) over the sidecar's verifier and
+    /// policy store.
     pub fn new(
-        config: &ExchangeConfig,
+        config: &Config,
         authorizer: Arc<Authorizer>,
-        max_depth: usize,
     ) -> Result<Exchanger, crate::jose::KeyError> {
+        let max_depth = config.authn.max_delegation_depth;
+        let eval_timeout = config.policy.eval_timeout.0;
+        let config = &config.exchange;
         let keys = KeyRing::load(KeySettings {
             section: "exchange",
             algorithm: &config.algorithm,
@@ -164,8 +197,10 @@ impl Exchanger {
             max_ttl: config.max_ttl.0,
             max_depth,
             max_request_bytes: config.max_request_bytes,
+            eval_timeout,
             keys: Arc::new(keys),
             limiter: RateLimiter::new(&config.rate_limit),
+            slots: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             authorizer,
         })
     }
@@ -193,6 +228,13 @@ impl Exchanger {
         req: &TokenRequest,
         record: &mut Record,
     ) -> Result<Issued, ExchangeError> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            return Err(ExchangeError {
+                code: ExchangeResult::TemporarilyUnavailable,
+                description: format!("more than {MAX_IN_FLIGHT} exchanges are in flight"),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        };
         record.requested_scope = req.scope.clone();
         record.requested_audience = req.audience.iter().chain(&req.resource).cloned().collect();
         let verifier = self.authorizer.verifier();
@@ -202,6 +244,13 @@ impl Exchanger {
             .map_err(|e| ExchangeError::token("actor_token", &e))?
             .auth;
         record.actor = Some(actor.subject.clone());
+        // The actor token is the agent's own identity: a delegation token there would let
+        // whoever holds one act as its subject, and drop its actors from the chain.
+        if !actor.chain.is_empty() {
+            return Err(ExchangeError::invalid_grant(
+                "the actor_token carries act: present the agent's own token, not a delegation",
+            ));
+        }
         if let Some(limiter) = &self.limiter {
             let key = format!("{}\0{}", actor.issuer, actor.subject);
             if let Err(wait) = limiter.take(&key) {
@@ -265,11 +314,11 @@ impl Exchanger {
             "resource": req.resource,
             "requested_token_type": req.requested_token_type,
         });
-        let query = self.query.clone();
+        let (query, limit) = (self.query.clone(), self.eval_timeout);
         let result = tokio::task::spawn_blocking(move || {
             snapshot
                 .policies
-                .evaluate_query(&query, regorus::Value::from(input))
+                .evaluate_query(&query, regorus::Value::from(input), limit)
         })
         .await
         .map_err(|e| ExchangeError::new(ExchangeResult::ServerError, e.to_string()))?
@@ -305,9 +354,12 @@ impl Exchanger {
             exp = exp.min(limit);
         }
         if exp <= now {
-            return Err(ExchangeError::invalid_grant(
-                "an input token expires before an issued token could live a second",
-            ));
+            return Err(match ttl < Duration::from_secs(1) {
+                true => self.malformed("has a `ttl` under one second"),
+                false => ExchangeError::invalid_grant(
+                    "an input token expires before an issued token could live a second",
+                ),
+            });
         }
         let jti = random_id();
         let claims = self.claims(Claims {
@@ -362,6 +414,11 @@ impl Exchanger {
         // The new actor first; the subject token's own chain, exactly as signed, below it.
         let mut act = Map::new();
         act.insert("sub".into(), actor_sub);
+        // Whose `sub` it is: a may_act naming an issuer can match it, and actors of two
+        // issuers are never confused.
+        if let Some(iss) = c.actor.get("iss") {
+            act.insert("iss".into(), iss.clone());
+        }
         copy(&mut act, c.actor, &c.verdict.act_claims);
         if let Some(previous) = c.subject.get("act") {
             act.insert("act".into(), previous.clone());
@@ -370,16 +427,19 @@ impl Exchanger {
         out
     }
 
+    /// An undefined or malformed policy result: logged, and refused.
+    fn malformed(&self, why: &str) -> ExchangeError {
+        tracing::warn!(
+            exchange.policy_query = &*self.query,
+            detail = why,
+            "The exchange policy's result is undefined or malformed; refusing"
+        );
+        ExchangeError::invalid_request(format!("the exchange policy's result {why}"))
+    }
+
     /// The policy's result, or the refusal it asks for.
     fn verdict(&self, result: regorus::Value) -> Result<Verdict, ExchangeError> {
-        let malformed = |why: &str| {
-            tracing::warn!(
-                exchange.policy_query = &*self.query,
-                detail = why,
-                "The exchange policy's result is undefined or malformed; refusing"
-            );
-            ExchangeError::invalid_request(format!("the exchange policy's result {why}"))
-        };
+        let malformed = |why: &str| self.malformed(why);
         let json = match result {
             regorus::Value::Undefined => return Err(malformed("is undefined")),
             v => serde_json::to_value(&v).map_err(|_| malformed("is not JSON"))?,

@@ -59,12 +59,10 @@ pub enum PolicyError {
 /// How long one evaluation may run, and where it is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
-    /// On a serving thread, sharing it with every request of its connections: a short slice
-    /// on the register VM. Past it — or for a policy only the interpreter runs, whose limit
-    /// cannot be set per evaluation — the answer is `PolicyError::OverBudget`.
+    /// On a serving thread, sharing it with every request of its connections: a short slice.
+    /// Past it the answer is `PolicyError::OverBudget`.
     Inline(std::time::Duration),
-    /// Off the serving threads: the whole `policy.eval_timeout` (the interpreter's is the
-    /// process-wide one `set_eval_timeout` sets).
+    /// Off the serving threads: the whole `policy.eval_timeout`.
     Full(std::time::Duration),
 }
 
@@ -86,8 +84,9 @@ pub struct PolicySet {
     reads: analysis::Reads,
     /// The same policy for regorus' register VM, when it compiles there.
     vm: Option<VmProgram>,
-    /// The engine it compiled from, for queries besides `query` (the exchange's), which are
-    /// rare enough to pay for a copy of the engine per evaluation.
+    /// The engine it compiled from, prepared: the interpreter runs a copy of it per
+    /// evaluation, with that evaluation's own time limit (never a process-wide one), for
+    /// policies the VM cannot run and for other queries than `query` (the exchange's).
     engine: Engine,
     /// `data.<package>` of every module.
     packages: Vec<String>,
@@ -203,7 +202,6 @@ impl PolicySet {
         let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
-        let kept = engine.clone();
         let compiled =
             engine
                 .compile_with_entrypoint(&query.into())
@@ -240,49 +238,9 @@ impl PolicySet {
             revision: revision.into(),
             reads,
             vm,
-            engine: kept,
+            engine,
             packages,
         })
-    }
-
-    /// Whether some module of the policy could define `query`: a package at or above it.
-    pub fn defines(&self, query: &str) -> bool {
-        self.packages.iter().any(|p| {
-            query == p
-                || query
-                    .strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-        })
-    }
-
-    /// Evaluates another query than the policy's own — a rule or a whole package, as OPA
-    /// answers `data.a.b` — on the interpreter, within the process's evaluation time limit.
-    /// `Value::Undefined` means no value.
-    pub fn evaluate_query(&self, query: &str, input: Value) -> Result<Value, PolicyError> {
-        let eval_error = |message: String| PolicyError::Eval {
-            query: query.to_string(),
-            message,
-        };
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
-        let results = engine
-            .eval_query(query.to_string(), false)
-            .map_err(|e| match e.downcast_ref::<LimitError>() {
-                Some(LimitError::TimeLimitExceeded { limit, .. }) => PolicyError::Timeout {
-                    query: query.to_string(),
-                    limit: *limit,
-                },
-                _ => eval_error(e.to_string()),
-            })?;
-        let mut values = results
-            .result
-            .into_iter()
-            .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
-        match (values.next(), values.next()) {
-            (None, _) => Ok(Value::Undefined),
-            (Some(v), None) => Ok(v),
-            (Some(_), Some(_)) => Err(eval_error("the query has more than one value".into())),
-        }
     }
 
     pub fn query(&self) -> &str {
@@ -310,25 +268,26 @@ impl PolicySet {
     /// is `OverBudget` inline, `Timeout` in full. Any other VM error is evaluated again by the
     /// interpreter — counted and logged at warn, with the reason — off the serving threads.
     pub fn evaluate(&self, input: Value, budget: Budget) -> Result<Value, PolicyError> {
+        let (limit, inline) = match budget {
+            Budget::Inline(d) => (d, true),
+            Budget::Full(d) => (d, false),
+        };
         if let Some(vm) = &self.vm {
-            let limit = match budget {
-                Budget::Inline(d) | Budget::Full(d) => d,
-            };
             match self.evaluate_vm(vm, input.clone(), limit) {
                 Ok(v) => return Ok(v),
                 Err(VmError::TimeLimitExceeded { .. }) => {
-                    return Err(match budget {
-                        Budget::Inline(_) => PolicyError::OverBudget,
-                        Budget::Full(limit) => PolicyError::Timeout {
+                    return Err(match inline {
+                        true => PolicyError::OverBudget,
+                        false => PolicyError::Timeout {
                             query: self.query.to_string(),
                             limit,
                         },
                     });
                 }
+                // The interpreter's answer is a fallback: counted, logged, off the serving
+                // threads.
+                Err(_) if inline => return Err(PolicyError::OverBudget),
                 Err(e) => {
-                    if let Budget::Inline(_) = budget {
-                        return Err(PolicyError::OverBudget);
-                    }
                     INTERPRETER_FALLBACKS.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         error = %e,
@@ -338,9 +297,9 @@ impl PolicySet {
                 }
             }
         }
-        match budget {
-            Budget::Inline(_) => Err(PolicyError::OverBudget),
-            Budget::Full(_) => self.evaluate_interpreter(input),
+        match self.evaluate_interpreter(input, limit) {
+            Err(PolicyError::Timeout { .. }) if inline => Err(PolicyError::OverBudget),
+            result => result,
         }
     }
 
@@ -375,21 +334,72 @@ impl PolicySet {
         })
     }
 
-    /// The interpreter (`CompiledPolicy::eval_with_input`), for policies the VM cannot run
-    /// and as the reference the VM is tested against.
-    pub fn evaluate_interpreter(&self, input: Value) -> Result<Value, PolicyError> {
-        self.compiled
-            .eval_with_input(input)
-            .map_err(|e| match e.downcast_ref::<LimitError>() {
-                Some(LimitError::TimeLimitExceeded { limit, .. }) => PolicyError::Timeout {
-                    query: self.query.to_string(),
-                    limit: *limit,
-                },
-                _ => PolicyError::Eval {
-                    query: self.query.to_string(),
-                    message: e.to_string(),
-                },
-            })
+    /// The interpreter, for policies the VM cannot run and as the reference the VM is tested
+    /// against; stopped after `limit`.
+    pub fn evaluate_interpreter(
+        &self,
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, PolicyError> {
+        self.interpret(&self.query, input, limit, |engine, query| {
+            engine.eval_rule(query.to_string())
+        })
+    }
+
+    /// Whether some module of the policy could define `query`: a package at or above it.
+    pub fn defines(&self, query: &str) -> bool {
+        self.packages.iter().any(|p| {
+            query == p
+                || query
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// Evaluates another query than the policy's own — a rule or a whole package, as OPA
+    /// answers `data.a.b` — on the interpreter, stopped after `limit`. `Value::Undefined`
+    /// means no value.
+    pub fn evaluate_query(
+        &self,
+        query: &str,
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, PolicyError> {
+        self.interpret(query, input, limit, |engine, query| {
+            let results = engine.eval_query(query.to_string(), false)?;
+            let mut values = results
+                .result
+                .into_iter()
+                .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
+            match (values.next(), values.next()) {
+                (None, _) => Ok(Value::Undefined),
+                (Some(v), None) => Ok(v),
+                (Some(_), Some(_)) => Err(anyhow::anyhow!("the query has more than one value")),
+            }
+        })
+    }
+
+    /// Runs `eval` on a copy of the prepared engine, with `input` and a time limit of its own.
+    fn interpret(
+        &self,
+        query: &str,
+        input: Value,
+        limit: std::time::Duration,
+        eval: impl FnOnce(&mut Engine, &str) -> anyhow::Result<Value>,
+    ) -> Result<Value, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_execution_timer_config(timer(limit));
+        engine.set_input(input);
+        eval(&mut engine, query).map_err(|e| match e.downcast_ref::<LimitError>() {
+            Some(LimitError::TimeLimitExceeded { limit, .. }) => PolicyError::Timeout {
+                query: query.to_string(),
+                limit: *limit,
+            },
+            _ => PolicyError::Eval {
+                query: query.to_string(),
+                message: e.to_string(),
+            },
+        })
     }
 }
 
@@ -407,13 +417,6 @@ fn timer(limit: std::time::Duration) -> regorus::utils::limits::ExecutionTimerCo
 
 fn internal(message: String) -> VmError {
     VmError::Internal { message, pc: 0 }
-}
-
-/// Sets the time limit of the interpreter's evaluations in this process (the register VM's
-/// is set per evaluation). regorus checks the clock as it works, so a runaway policy stops
-/// within about the limit and the request is denied.
-pub fn set_eval_timeout(limit: std::time::Duration) {
-    regorus::utils::limits::set_fallback_execution_timer_config(Some(timer(limit)));
 }
 
 impl std::fmt::Debug for PolicySet {

@@ -453,7 +453,9 @@ mod default_policy {
                         };
                         let doc = input(&case);
                         let vm = p.evaluate(doc.clone(), FULL).expect("vm");
-                        let interpreter = p.evaluate_interpreter(doc).expect("interpreter");
+                        let interpreter = p
+                            .evaluate_interpreter(doc, std::time::Duration::from_secs(5))
+                            .expect("interpreter");
                         assert_eq!(
                             vm, interpreter,
                             "{method} {path:?} {subject} {chain:?} {scopes:?}"
