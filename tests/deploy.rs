@@ -66,6 +66,25 @@ fn the_envoy_config_map_validates() {
 }
 
 #[test]
+fn the_exchange_config_map_is_a_valid_config() {
+    let config = parse_config(&config_map_entry("exchange-config.yaml", "onbehalf.yaml"));
+    assert!(config.exchange.enabled);
+    assert_eq!(
+        config.exchange.addr.map(|a| a.to_string()).as_deref(),
+        Some("0.0.0.0:8282")
+    );
+    // The sidecars trust the issuer the exchange signs as.
+    let sidecar = parse_config(&config_map_entry("onbehalf-config.yaml", "onbehalf.yaml"));
+    assert!(
+        sidecar
+            .authn
+            .issuers
+            .iter()
+            .any(|i| i.issuer == config.exchange.issuer && i.discovery)
+    );
+}
+
+#[test]
 fn the_onbehalf_config_map_is_a_valid_config() {
     let yaml = config_map_entry("onbehalf-config.yaml", "onbehalf.yaml");
     let config = parse_config(&yaml);
