@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use onbehalf::config::{Config, Source};
 use onbehalf::input::CheckInput;
 use onbehalf::pipeline::Authorizer;
@@ -69,28 +68,11 @@ fn repo() -> PathBuf {
 }
 
 fn token(kid: &str) -> String {
-    let pem = std::fs::read(repo().join(format!("tests/fixtures/{kid}.pem"))).expect("key");
-    let (key, alg) = match kid {
-        "rsa-1" => (
-            EncodingKey::from_rsa_pem(&pem).expect("rsa"),
-            Algorithm::RS256,
-        ),
-        "ec-1" => (
-            EncodingKey::from_ec_pem(&pem).expect("ec"),
-            Algorithm::ES256,
-        ),
-        _ => (
-            EncodingKey::from_ed_pem(&pem).expect("ed"),
-            Algorithm::EdDSA,
-        ),
-    };
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.into());
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
     let claims = json!({"iss": ISS, "aud": "service-b", "sub": "alice", "employee": true,
                         "exp": exp, "scope": "book_flight",
                         "act": {"sub": "travel-agent", "act": {"sub": "orchestrator"}}});
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    onbehalf::testing::sign_fixture(kid, &claims).expect("sign")
 }
 
 fn request(token: &str) -> CheckRequest {

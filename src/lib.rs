@@ -28,6 +28,7 @@
 //   pipeline: the phase order of one Check
 //   exchange: RFC 8693 token exchange, over the pipeline's verifier and policy
 //   grpc, cli, admin, app: serving, the CLI's library half, the admin server, wiring
+//   testing: one token signer for every test harness (imports nothing of the crate)
 pub mod jose;
 
 pub mod config;
@@ -67,6 +68,9 @@ pub mod cli;
 pub mod admin;
 
 pub mod app;
+
+#[doc(hidden)]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -21,29 +21,8 @@ fn jwk(kid: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("jwk json")
 }
 
-fn signing_key(kid: &str) -> (EncodingKey, Algorithm) {
-    let pem = std::fs::read(fixture(&format!("{kid}.pem"))).expect("fixture");
-    match kid {
-        k if k.starts_with("rsa") => (
-            EncodingKey::from_rsa_pem(&pem).expect("rsa"),
-            Algorithm::RS256,
-        ),
-        k if k.starts_with("ec") => (
-            EncodingKey::from_ec_pem(&pem).expect("ec"),
-            Algorithm::ES256,
-        ),
-        _ => (
-            EncodingKey::from_ed_pem(&pem).expect("ed"),
-            Algorithm::EdDSA,
-        ),
-    }
-}
-
 fn sign(kid: &str, claims: &serde_json::Value) -> String {
-    let (key, alg) = signing_key(kid);
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.to_string());
-    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    crate::testing::sign_fixture(kid, claims).expect("sign")
 }
 
 fn now() -> i64 {
@@ -211,8 +190,14 @@ async fn refuses_bad_tokens_with_the_right_reason() {
     }
 }
 
+/// An RSA fixture key, for tokens whose header a test shapes itself.
+fn rsa_key(kid: &str) -> EncodingKey {
+    let pem = std::fs::read(crate::testing::fixture(&format!("{kid}.pem"))).expect("fixture");
+    EncodingKey::from_rsa_pem(&pem).expect("rsa")
+}
+
 fn sign_with_kid(key: &str, kid: &str) -> String {
-    let (k, alg) = signing_key(key);
+    let (k, alg) = (rsa_key(key), Algorithm::RS256);
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, &claims(), &k).expect("sign")
@@ -251,8 +236,8 @@ async fn keys_named_by_the_token_are_ignored() {
     let dir = tempfile::tempdir().expect("tmp");
     let v = verifier(&["rsa-1"], &dir).await;
     // Signed by rsa-2, carrying rsa-2's public key and a jku: still only rsa-1 may verify.
-    let (key, alg) = signing_key("rsa-2");
-    let mut header = Header::new(alg);
+    let key = rsa_key("rsa-2");
+    let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("rsa-1".into());
     header.jku = Some("https://evil.example/jwks.json".into());
     header.jwk = serde_json::from_value(jwk("rsa-2")).ok();

@@ -5,24 +5,16 @@ use crate::input::Segment::{Index, Key};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
+    crate::cli::check::RequestSpec {
+        method: method.into(),
+        path: path.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
     }
+    .to_check_request("authorization")
 }
 
 fn auth(sub: &str, scopes: &[&str]) -> Authenticated {

@@ -16,8 +16,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use onbehalf::app::Running;
 use onbehalf::config::{Config, Source};
 use serde_json::{Value, json};
@@ -30,7 +28,7 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(name)
+    onbehalf::testing::fixture(name)
 }
 
 pub fn jwk(kid: &str) -> Value {
@@ -44,24 +42,7 @@ pub fn now() -> i64 {
 
 /// Signs `claims` with the fixture key `kid`.
 pub fn sign(kid: &str, claims: &Value) -> String {
-    let pem = std::fs::read(fixture(&format!("{kid}.pem"))).expect("fixture");
-    let (key, alg) = match kid {
-        k if k.starts_with("rsa") => (
-            EncodingKey::from_rsa_pem(&pem).expect("rsa"),
-            Algorithm::RS256,
-        ),
-        k if k.starts_with("ec") => (
-            EncodingKey::from_ec_pem(&pem).expect("ec"),
-            Algorithm::ES256,
-        ),
-        _ => (
-            EncodingKey::from_ed_pem(&pem).expect("ed"),
-            Algorithm::EdDSA,
-        ),
-    };
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    onbehalf::testing::sign_fixture(kid, claims).expect("sign")
 }
 
 /// Claims of a delegation: `sub` = alice (an employee), actors current first.
@@ -271,25 +252,21 @@ impl Sidecar {
     }
 }
 
+/// The CheckRequest Envoy sends for a request to Service B, built as `onbehalf check`,
+/// the benchmarks and the load tool build it.
 pub fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: AUD.into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
+    onbehalf::cli::check::RequestSpec {
+        method: method.into(),
+        path: path.into(),
+        host: Some(AUD.into()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        token: None,
+        body: None,
     }
+    .to_check_request("authorization")
 }
 
 /// A CheckResponse flattened for assertions.
