@@ -181,6 +181,16 @@ fn benches(c: &mut Criterion) {
                 .expect("eval")
         })
     });
+    // What the time limit costs (the clock read every few dozen VM steps, the timer set per
+    // evaluation): the same evaluation with no limit at all.
+    c.bench_function("policy/evaluate_untimed", |b| {
+        b.iter(|| {
+            snapshot
+                .policies
+                .evaluate_untimed(black_box(document.clone()))
+                .expect("eval")
+        })
+    });
     let paths = &snapshot.policies.reads().input_paths;
     let input = CheckInput::try_from(&req).expect("input");
     c.bench_function("decision_cache/key", |b| {

@@ -22,6 +22,7 @@
 //   cache: generic digest -> value caches with deadlines
 //   authn: bearer tokens -> verified identities
 //   policy: compiled Rego, bundles, read-set analysis, verdicts
+//   state: one snapshot of the policy and every issuer's keys per Check
 //   key: the decision-cache key from the policy's read set, the input and the identity
 //   decision, telemetry: the edge out (Decision -> CheckResponse); counters and logging
 //   mint: just-in-time upstream tokens
@@ -48,6 +49,8 @@ pub mod cache;
 pub mod authn;
 
 pub mod policy;
+
+pub mod state;
 
 pub mod key;
 

@@ -15,6 +15,7 @@ use crate::key::KeyError;
 use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
 use crate::readiness::{Dependency, Readiness};
+use crate::state::StateCell;
 use crate::telemetry::{Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
@@ -23,6 +24,8 @@ pub struct Authorizer {
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
+    /// The policy and every issuer's keys, as one snapshot per Check.
+    state: Arc<StateCell>,
     decisions: Option<DecisionCache<Arc<Decision>>>,
     minter: Option<Arc<Minter>>,
     /// An evaluation's slice of a serving thread, and its whole time limit elsewhere.
@@ -87,11 +90,13 @@ impl Authorizer {
         minter: Option<Arc<Minter>>,
     ) -> Authorizer {
         let readiness = readiness(&policies, &verifier);
+        let state = StateCell::watch(&policies, &verifier);
         Authorizer {
             token_header: config.authn.header.clone(),
             identity_headers: config.headers.clone(),
             verifier,
             policies,
+            state,
             decisions: config
                 .cache
                 .decisions
@@ -123,6 +128,11 @@ impl Authorizer {
     /// The upstream token minter, when `mint.enabled`.
     pub fn minter(&self) -> Option<&Arc<Minter>> {
         self.minter.as_ref()
+    }
+
+    /// The policy and every issuer's keys, one snapshot per load.
+    pub fn state(&self) -> &Arc<StateCell> {
+        &self.state
     }
 
     pub fn policies(&self) -> &Arc<PolicyStore> {
@@ -163,12 +173,14 @@ impl Authorizer {
         input: &CheckInput<'_>,
         outcome: &mut Outcome,
     ) -> Result<Arc<Decision>, CheckError> {
-        // One policy snapshot for the whole request, so a swap cannot mix two revisions.
-        let snapshot = self.policies.load().ok_or(CheckError::NotReady)?;
+        // One snapshot for the whole request: the keys that verify the token and the policy
+        // that decides are of one moment, whatever is swapped meanwhile.
+        let state = self.state.load();
+        let snapshot = state.policy.clone().ok_or(CheckError::NotReady)?;
         outcome.revision = Some(snapshot.policies.revision().clone());
 
         let token = authn::extract_bearer(input.header(&self.token_header))?;
-        let verified = self.verifier.verify(token).await?;
+        let verified = self.verifier.verify_with(&*state, token).await?;
         let auth = verified.auth;
         outcome.subject = Some(auth.subject.clone());
         outcome.actor = auth.actor().cloned();

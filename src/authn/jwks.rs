@@ -87,7 +87,12 @@ pub struct IssuerKeys {
     client: reqwest::Client,
     /// Tokens verified with keys of this issuer; emptied of a key's tokens when it goes away.
     token_cache: Option<Arc<TokenCache>>,
+    /// Told of every new key set (`state::StateCell`).
+    on_change: std::sync::OnceLock<KeysHook>,
 }
+
+/// Called with the issuer's name and its new key set, as it is swapped in.
+pub type KeysHook = Box<dyn Fn(&Arc<str>, Arc<KeySet>) + Send + Sync>;
 
 // === impl VerifyKey ===
 
@@ -269,7 +274,13 @@ impl IssuerKeys {
             last_fetch: Mutex::new(None),
             client,
             token_cache,
+            on_change: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the one hook told of every new key set from now on; a second call changes nothing.
+    pub fn on_change(&self, hook: KeysHook) {
+        let _ = self.on_change.set(hook);
     }
 
     pub fn issuer(&self) -> &str {
@@ -304,12 +315,15 @@ impl IssuerKeys {
 
     /// The key that must verify a token with this header, refreshing the set once (rate
     /// limited) when the `kid` is unknown.
+    /// `keys` is the caller's snapshot of this issuer's set; a refresh answers from the set
+    /// it fetched.
     pub async fn key_for(
         &self,
+        keys: &KeySet,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyKey>, AuthnError> {
-        if let Some(key) = self.current.load().find(kid, alg) {
+        if let Some(key) = keys.find(kid, alg) {
             return Ok(key);
         }
         if !self.loaded() {
@@ -339,7 +353,11 @@ impl IssuerKeys {
                     jwks.keys = set.len(),
                     "Loaded issuer keys"
                 );
-                let previous = self.current.swap(Arc::new(set));
+                let set = Arc::new(set);
+                let previous = self.current.swap(set.clone());
+                if let Some(hook) = self.on_change.get() {
+                    hook(&self.issuer, set);
+                }
                 self.loaded.store(true, Ordering::Release);
                 let removed = previous.removed_in(&self.current.load());
                 if let Some(cache) = &self.token_cache

@@ -189,6 +189,21 @@ impl Authenticated {
     }
 }
 
+/// Each issuer's keys as of one moment: what a Check verifies its token against.
+pub trait KeyView {
+    fn keys(&self, issuer: &str) -> Option<&Arc<KeySet>>;
+}
+
+/// Each issuer's keys as they are now (for callers without a Check's snapshot: the token
+/// exchange, `onbehalf check`).
+struct Live<'a>(HashMap<&'a str, Arc<KeySet>>);
+
+impl KeyView for Live<'_> {
+    fn keys(&self, issuer: &str) -> Option<&Arc<KeySet>> {
+        self.0.get(issuer)
+    }
+}
+
 /// Verifies bearer tokens against the trusted issuers.
 pub struct Verifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
@@ -271,22 +286,35 @@ impl Verifier {
     /// Verifies signature, issuer, audience, times and algorithm, then decodes the chain. A
     /// token that verified before, whose key is still published, is answered from the cache.
     pub async fn verify(&self, token: &str) -> Result<Verified, AuthnError> {
+        let live = self
+            .issuers
+            .iter()
+            .map(|(name, keys)| (name.as_str(), keys.current()))
+            .collect();
+        self.verify_with(&Live(live), token).await
+    }
+
+    /// `verify` against the keys of `view` (a Check's snapshot).
+    pub async fn verify_with(
+        &self,
+        view: &impl KeyView,
+        token: &str,
+    ) -> Result<Verified, AuthnError> {
         // Size first: nothing below runs on an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::TooLarge(self.max_token_bytes));
         }
         let Some(cache) = &self.cache else {
             return self
-                .verify_uncached(token)
+                .verify_uncached(view, token)
                 .await
                 .map(|(verified, _)| verified);
         };
         let digest = token_digest(token);
         if let Some(hit) = cache.get(&digest)
-            && self.issuers.get(&*hit.auth.issuer).is_some_and(|i| {
-                i.current()
-                    .has_key(hit.kid.as_deref(), &hit.key_fingerprint)
-            })
+            && view
+                .keys(&hit.auth.issuer)
+                .is_some_and(|keys| keys.has_key(hit.kid.as_deref(), &hit.key_fingerprint))
         {
             return Ok(Verified {
                 auth: hit.auth.clone(),
@@ -294,7 +322,7 @@ impl Verifier {
                 digest: Some(digest),
             });
         }
-        let (mut verified, key) = self.verify_uncached(token).await?;
+        let (mut verified, key) = self.verify_uncached(view, token).await?;
         cache.insert(
             digest,
             verified.auth.clone(),
@@ -310,6 +338,7 @@ impl Verifier {
     /// parse becomes the verified claims.
     async fn verify_uncached(
         &self,
+        view: &impl KeyView,
         token: &str,
     ) -> Result<(Verified, Arc<jwks::VerifyKey>), AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
@@ -326,7 +355,10 @@ impl Verifier {
         if !keys.allows(header.alg) {
             return Err(AuthnError::Algorithm);
         }
-        let key = keys.key_for(header.kid.as_deref(), header.alg).await?;
+        let snapshot = view.keys(issuer).cloned().unwrap_or_else(|| keys.current());
+        let key = keys
+            .key_for(&snapshot, header.kid.as_deref(), header.alg)
+            .await?;
         // The claims are already parsed above: jsonwebtoken only checks them here.
         jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key.decoding_key(), key.validation())
             .map_err(map_jwt_error)?;

@@ -237,9 +237,12 @@ impl Exchanger {
         };
         record.requested_scope = req.scope.clone();
         record.requested_audience = req.audience.iter().chain(&req.resource).cloned().collect();
+        // One snapshot for the whole exchange: both tokens verify against the keys of one
+        // moment, and the policy of that moment decides.
+        let state = self.authorizer.state().load();
         let verifier = self.authorizer.verifier();
         let actor = verifier
-            .verify(&req.actor_token)
+            .verify_with(&*state, &req.actor_token)
             .await
             .map_err(|e| ExchangeError::token("actor_token", &e))?
             .auth;
@@ -262,7 +265,7 @@ impl Exchanger {
             }
         }
         let subject = verifier
-            .verify(&req.subject_token)
+            .verify_with(&*state, &req.subject_token)
             .await
             .map_err(|e| ExchangeError::token("subject_token", &e))?
             .auth;
@@ -294,7 +297,7 @@ impl Exchanger {
             )));
         }
 
-        let Some(snapshot) = self.authorizer.policies().load() else {
+        let Some(snapshot) = state.policy.clone() else {
             return Err(ExchangeError::new(
                 ExchangeResult::TemporarilyUnavailable,
                 "no policy is loaded yet",

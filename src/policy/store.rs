@@ -43,6 +43,9 @@ pub struct Signing {
     pub required: bool,
 }
 
+/// Called with each policy activated, as it is activated.
+pub type ActivationHook = Box<dyn Fn(Arc<PolicySnapshot>) + Send + Sync>;
+
 /// Holds the active policy and the record of loads.
 pub struct PolicyStore {
     query: String,
@@ -50,6 +53,7 @@ pub struct PolicyStore {
     required: Vec<String>,
     signing: Signing,
     current: ArcSwapOption<PolicySnapshot>,
+    on_activate: std::sync::OnceLock<ActivationHook>,
     status: Mutex<PolicyStatus>,
     activations: AtomicU64,
     failures: AtomicU64,
@@ -64,6 +68,7 @@ impl PolicyStore {
             required: Vec::new(),
             signing,
             current: ArcSwapOption::empty(),
+            on_activate: std::sync::OnceLock::new(),
             status: Mutex::new(PolicyStatus {
                 source,
                 name,
@@ -81,6 +86,12 @@ impl PolicyStore {
         self
     }
 
+    /// Sets the one hook told of every activation from now on (`state::StateCell`); a second
+    /// call changes nothing.
+    pub fn on_activate(&self, hook: ActivationHook) {
+        let _ = self.on_activate.set(hook);
+    }
+
     /// The active policy, or `None` before the first successful load.
     pub fn load(&self) -> Option<Arc<PolicySnapshot>> {
         self.current.load_full()
@@ -95,7 +106,11 @@ impl PolicyStore {
             Ok(Some(snapshot)) => {
                 let revision = snapshot.policies.revision().to_string();
                 let generation = snapshot.generation;
-                self.current.store(Some(Arc::new(snapshot)));
+                let snapshot = Arc::new(snapshot);
+                self.current.store(Some(snapshot.clone()));
+                if let Some(hook) = self.on_activate.get() {
+                    hook(snapshot);
+                }
                 self.activations.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut s) = self.status.lock() {
                     s.revision = Some(revision.clone());
