@@ -125,7 +125,8 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
     let mut issuers = Vec::new();
     for (i, issuer) in config.authn.issuers.iter().enumerate() {
         let keys = IssuerKeys::new(issuer, token_cache.clone())
-            .with_context(|| format!("authn.issuers[{i}]: building the HTTP client"))?;
+            .with_context(|| format!("authn.issuers[{i}]: building the HTTP client"))?
+            .with_unknown_kid_wait(config.authn.unknown_kid_wait.0);
         issuers.push(Arc::new(keys));
     }
     let verifier = Verifier::new(&config.authn, issuers, token_cache);

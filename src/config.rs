@@ -272,6 +272,8 @@ pub struct AuthnConfig {
     pub max_token_bytes: usize,
     /// Nesting limit of the `act` claim; deeper tokens are rejected as invalid.
     pub max_delegation_depth: usize,
+    /// Longest a request waits for the key fetch its unknown `kid` started.
+    pub unknown_kid_wait: Interval,
     pub issuers: Vec<IssuerConfig>,
 }
 
@@ -286,6 +288,9 @@ pub struct IssuerConfig {
     pub algorithms: Vec<String>,
     #[serde(default = "default_leeway")]
     pub leeway: Interval,
+    /// Refuse tokens whose `exp` is further than this from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime: Option<Interval>,
     /// Keys from a local JWKS file.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -1053,6 +1058,7 @@ impl Default for AuthnConfig {
             header: "authorization".into(),
             max_token_bytes: 8192,
             max_delegation_depth: 8,
+            unknown_kid_wait: Interval(Duration::from_millis(100)),
             issuers: Vec::new(),
         }
     }

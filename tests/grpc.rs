@@ -236,6 +236,53 @@ async fn rotated_key_is_accepted_after_refresh_on_unknown_kid() {
     s.stop().await;
 }
 
+/// An unknown `kid` while the IdP hangs: the request is answered 401 after
+/// `authn.unknown_kid_wait` (100 ms), not after the fetch's timeout (1 s here) nor Envoy's
+/// own ext_authz timeout; the fetch goes on, and once the IdP answers the new key verifies.
+#[tokio::test]
+async fn an_unknown_kid_while_the_idp_hangs_is_answered_within_the_wait() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    let known = sign("rsa-1", &claims);
+    assert_eq!(s.check_token("GET", "/flights", &known).await.status, 200);
+
+    idp.set_keys(&["rsa-1", "rsa-2"]);
+    idp.set_delay(Duration::from_secs(3));
+    // Past min_refresh_interval (250 ms), so that the unknown kid does start a fetch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = idp.jwks_hits();
+    let start = std::time::Instant::now();
+    let r = s
+        .check_token("GET", "/flights", &sign("rsa-2", &claims))
+        .await;
+    let waited = start.elapsed();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        waited < Duration::from_millis(900),
+        "answered after {waited:?}: the request waited for the hanging fetch (timeout 1 s)"
+    );
+    // Known keys are not held up meanwhile.
+    assert_eq!(s.check_token("GET", "/flights", &known).await.status, 200);
+
+    // The IdP recovers: a later fetch brings rsa-2.
+    idp.set_delay(Duration::ZERO);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = s
+            .check_token("GET", "/flights", &sign("rsa-2", &claims))
+            .await
+            .status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "rsa-2 verifies once the IdP answers");
+    assert!(idp.jwks_hits() > hits);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_kids_do_not_hammer_the_idp() {
     let idp = IdpServer::start(&["rsa-1"]).await;

@@ -77,6 +77,8 @@ pub struct IssuerKeys {
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
+    /// Longest a token of this issuer may still have to live (`exp - now`), when set.
+    max_token_lifetime: Option<Duration>,
     source: KeySource,
     ttl: Duration,
     min_refresh_interval: Duration,
@@ -89,7 +91,15 @@ pub struct IssuerKeys {
     token_cache: Option<Arc<TokenCache>>,
     /// Told of every new key set (`state::StateCell`).
     on_change: std::sync::OnceLock<KeysHook>,
+    /// Longest a request waits for a fetch its unknown `kid` started.
+    unknown_kid_wait: Duration,
+    /// A fetch for an unknown `kid` is running; `fetched` wakes its waiters when it ends.
+    fetching: AtomicBool,
+    fetched: tokio::sync::Notify,
 }
+
+/// `authn.unknown_kid_wait`'s default: well under Envoy's default ext_authz timeout (200 ms).
+pub const DEFAULT_UNKNOWN_KID_WAIT: Duration = Duration::from_millis(100);
 
 /// Called with the issuer's name and its new key set, as it is swapped in.
 pub type KeysHook = Box<dyn Fn(&Arc<str>, Arc<KeySet>) + Send + Sync>;
@@ -266,6 +276,7 @@ impl IssuerKeys {
                 .filter_map(|a| crate::jose::parse_algorithm(a))
                 .collect(),
             leeway: config.leeway.0,
+            max_token_lifetime: config.max_token_lifetime.map(|i| i.0),
             source,
             ttl: config.jwks_ttl.0,
             min_refresh_interval: config.min_refresh_interval.0,
@@ -275,7 +286,17 @@ impl IssuerKeys {
             client,
             token_cache,
             on_change: std::sync::OnceLock::new(),
+            unknown_kid_wait: DEFAULT_UNKNOWN_KID_WAIT,
+            fetching: AtomicBool::new(false),
+            fetched: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Sets how long a request waits for the fetch its unknown `kid` started
+    /// (`authn.unknown_kid_wait`).
+    pub fn with_unknown_kid_wait(mut self, wait: Duration) -> IssuerKeys {
+        self.unknown_kid_wait = wait;
+        self
     }
 
     /// Sets the one hook told of every new key set from now on; a second call changes nothing.
@@ -290,6 +311,15 @@ impl IssuerKeys {
     /// The issuer, shared (verified tokens point to it rather than copy it).
     pub fn issuer_name(&self) -> &Arc<str> {
         &self.issuer
+    }
+
+    /// Allowed clock skew for `exp`, `nbf` and `iat`.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    pub fn max_token_lifetime(&self) -> Option<Duration> {
+        self.max_token_lifetime
     }
 
     pub fn source(&self) -> &KeySource {
@@ -313,12 +343,13 @@ impl IssuerKeys {
         self.algorithms.contains(&alg)
     }
 
-    /// The key that must verify a token with this header, refreshing the set once (rate
-    /// limited) when the `kid` is unknown.
-    /// `keys` is the caller's snapshot of this issuer's set; a refresh answers from the set
-    /// it fetched.
+    /// The key that must verify a token with this header. `keys` is the caller's snapshot of
+    /// this issuer's set. An unknown `kid` starts a fetch of the issuer's keys (rate limited;
+    /// in the background) and waits for it at most `unknown_kid_wait`: an IdP that hangs never
+    /// holds a request past that — it is answered 401 while the fetch goes on, and the next
+    /// token with that `kid` finds the key.
     pub async fn key_for(
-        &self,
+        self: &Arc<Self>,
         keys: &KeySet,
         kid: Option<&str>,
         alg: Algorithm,
@@ -330,7 +361,19 @@ impl IssuerKeys {
             return Err(AuthnError::KeysUnavailable);
         }
         if kid.is_some() && !matches!(self.source, KeySource::File(_)) {
-            self.refresh(false).await;
+            let fetched = self.fetched.notified();
+            tokio::pin!(fetched);
+            fetched.as_mut().enable();
+            // One fetch at a time: while one runs, wait for it rather than queue another.
+            if !self.fetching.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.refresh(false).await;
+                    me.fetching.store(false, Ordering::Release);
+                    me.fetched.notify_waiters();
+                });
+            }
+            let _ = tokio::time::timeout(self.unknown_kid_wait, fetched).await;
             if let Some(key) = self.current.load().find(kid, alg) {
                 return Ok(key);
             }

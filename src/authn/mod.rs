@@ -40,6 +40,12 @@ pub enum AuthnError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    #[error("the token's {0} claim is not a NumericDate between 0 and the year 9999")]
+    InvalidDate(&'static str),
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token lives longer than its issuer's max_token_lifetime")]
+    LifetimeTooLong,
     #[error("the token is not meant for this audience")]
     Audience,
     #[error("the token lacks a required claim: {0}")]
@@ -362,6 +368,7 @@ impl Verifier {
         // The claims are already parsed above: jsonwebtoken only checks them here.
         jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key.decoding_key(), key.validation())
             .map_err(map_jwt_error)?;
+        check_dates(&claims, keys)?;
         let (auth, parts) = Authenticated::decode(
             &claims,
             json,
@@ -376,6 +383,46 @@ impl Verifier {
         };
         Ok((verified, key))
     }
+}
+
+/// Latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (2^63, 1e308) is not a
+/// time but an attempt at a token that never expires.
+const LAST_DATE: f64 = 253_402_300_799.0;
+
+/// `exp`, `nbf` and `iat`, when present, must be JSON numbers from 0 to `LAST_DATE`
+/// (jsonwebtoken has checked `exp` and `nbf` against the clock); `iat` may not be later than
+/// now plus the leeway; and `exp` not further than the issuer's `max_token_lifetime`.
+fn check_dates(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    keys: &IssuerKeys,
+) -> Result<(), AuthnError> {
+    let date = |name: &'static str| -> Result<Option<f64>, AuthnError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::Number(n)) => n
+                .as_f64()
+                .filter(|d| (0.0..=LAST_DATE).contains(d))
+                .map(Some)
+                .ok_or(AuthnError::InvalidDate(name)),
+            Some(_) => Err(AuthnError::InvalidDate(name)),
+        }
+    };
+    let exp = date("exp")?;
+    date("nbf")?;
+    let iat = date("iat")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let leeway = keys.leeway().as_secs_f64();
+    if iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(AuthnError::IssuedInFuture);
+    }
+    if let (Some(max), Some(exp)) = (keys.max_token_lifetime(), exp)
+        && exp - now > max.as_secs_f64() + leeway
+    {
+        return Err(AuthnError::LifetimeTooLong);
+    }
+    Ok(())
 }
 
 /// The JWT's payload as JSON text and parsed (not verified yet).

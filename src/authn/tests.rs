@@ -36,6 +36,14 @@ fn claims() -> serde_json::Value {
 
 /// A verifier trusting ISS with keys from a JWKS file holding `kids`.
 async fn verifier(kids: &[&str], dir: &tempfile::TempDir) -> Verifier {
+    verifier_with(kids, dir, None).await
+}
+
+async fn verifier_with(
+    kids: &[&str],
+    dir: &tempfile::TempDir,
+    max_token_lifetime: Option<Interval>,
+) -> Verifier {
     let path = dir.path().join("jwks.json");
     let keys: Vec<_> = kids.iter().map(|k| jwk(k)).collect();
     std::fs::write(&path, json!({ "keys": keys }).to_string()).expect("write jwks");
@@ -44,6 +52,7 @@ async fn verifier(kids: &[&str], dir: &tempfile::TempDir) -> Verifier {
         audiences: vec![AUD.into()],
         algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
         leeway: Interval(std::time::Duration::from_secs(0)),
+        max_token_lifetime,
         jwks_file: Some(path),
         jwks_uri: None,
         discovery: false,
@@ -347,4 +356,65 @@ fn input_for_key() -> crate::input::CheckInput<'static> {
         }),
     }));
     crate::input::CheckInput::try_from(request).expect("input")
+}
+
+/// `exp`, `nbf` and `iat` are JSON numbers from 0 to the year 9999, `iat` is not in the
+/// future, and an issuer may bound how long its tokens live.
+#[tokio::test]
+async fn registered_dates_are_checked_strictly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier_with(
+        &["rsa-1"],
+        &dir,
+        Some(Interval(std::time::Duration::from_secs(3600))),
+    )
+    .await;
+    let with = |name: &str, value: serde_json::Value| {
+        let mut c = claims();
+        c[name] = value;
+        sign("rsa-1", &c)
+    };
+    let cases = [
+        (
+            "iat as a string",
+            with("iat", json!("1700000000")),
+            AuthnError::InvalidDate("iat"),
+        ),
+        (
+            "iat as an object",
+            with("iat", json!({"t": 1})),
+            AuthnError::InvalidDate("iat"),
+        ),
+        (
+            "iat negative",
+            with("iat", json!(-1)),
+            AuthnError::InvalidDate("iat"),
+        ),
+        (
+            "iat a year ahead",
+            with("iat", json!(now() + 31_536_000)),
+            AuthnError::IssuedInFuture,
+        ),
+        (
+            "exp 2^63",
+            with("exp", json!(9_223_372_036_854_775_807_u64)),
+            AuthnError::InvalidDate("exp"),
+        ),
+        (
+            "exp past the year 9999",
+            with("exp", json!(253_402_300_800_u64)),
+            AuthnError::InvalidDate("exp"),
+        ),
+        (
+            "exp in two hours",
+            with("exp", json!(now() + 7200)),
+            AuthnError::LifetimeTooLong,
+        ),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(v.verify(&token).await.map(|_| ()), Err(want), "{name}");
+    }
+    // Dates within bounds still verify, floats included.
+    let ok = with("iat", json!(now() as f64 - 0.5));
+    assert!(v.verify(&ok).await.is_ok());
 }

@@ -72,6 +72,8 @@ pub struct IdpServer {
 struct IdpState {
     keys: Vec<Value>,
     up: bool,
+    /// How long the JWKS endpoint takes to answer (an IdP that hangs).
+    delay: Duration,
     jwks_hits: usize,
     issuer: String,
 }
@@ -104,6 +106,7 @@ impl IdpServer {
         let state = Arc::new(Mutex::new(IdpState {
             keys: kids.iter().map(|k| jwk(k)).collect(),
             up: true,
+            delay: Duration::ZERO,
             jwks_hits: 0,
             issuer: format!("http://{addr}"),
         }));
@@ -131,6 +134,11 @@ impl IdpServer {
         self.state.lock().expect("lock").keys = kids.iter().map(|k| jwk(k)).collect();
     }
 
+    /// Makes the JWKS endpoint answer only after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().expect("lock").delay = delay;
+    }
+
     pub fn set_up(&self, up: bool) {
         self.state.lock().expect("lock").up = up;
     }
@@ -141,6 +149,8 @@ impl IdpServer {
 }
 
 async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> impl IntoResponse {
+    let delay = state.lock().expect("lock").delay;
+    tokio::time::sleep(delay).await;
     let mut s = state.lock().expect("lock");
     s.jwks_hits += 1;
     match s.up {
