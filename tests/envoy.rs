@@ -281,8 +281,30 @@ async fn delegation_through_envoy() {
     assert_eq!(resp.status(), 200);
 
     // Unauthenticated: 401 with an RFC 6750 challenge.
-    let cases: [(&str, Option<String>); 4] = [
+    let cases: [(&str, Option<String>); 6] = [
         ("no token", None),
+        (
+            "a subject id that would split a header",
+            Some(mint(&[
+                "--sub",
+                "alice\r\nx-onbehalf-subject: root",
+                "--claim",
+                "employee=true",
+                "--act",
+                "travel-agent",
+                "--scope",
+                "book_flight",
+            ])),
+        ),
+        (
+            "an actor id with a line feed",
+            Some(alice(&[
+                "--claim",
+                r#"act={"sub": "travel-agent\nroot"}"#,
+                "--scope",
+                "book_flight",
+            ])),
+        ),
         (
             "expired",
             Some(alice(&[

@@ -9,5 +9,6 @@ mod deploy;
 mod envoy;
 mod exchange;
 mod grpc;
+mod hostile;
 mod mint;
 mod policy;

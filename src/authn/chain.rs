@@ -60,7 +60,12 @@ pub fn may_act(value: &Value) -> Result<MayAct, AuthnError> {
 }
 
 fn party(claims: &Map<String, Value>) -> Option<Party> {
-    let id = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?;
+    // An id is text: control characters (CR, LF, NUL...) could split a header or a log line
+    // wherever an id is written, so a token carrying one names nobody.
+    let id = claims
+        .get("sub")?
+        .as_str()
+        .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))?;
     let claims = claims
         .iter()
         .filter(|(k, _)| k.as_str() != "act")
@@ -84,13 +89,16 @@ impl TokenInfo {
             .and_then(Value::as_str)
             .ok_or(AuthnError::MissingClaim("iss"))?
             .to_string();
+        // A string or an array of strings (RFC 7519 §4.1.3); anything else is not an audience.
         let audience = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
             Some(Value::Array(list)) => list
                 .iter()
-                .filter_map(|a| a.as_str().map(str::to_string))
-                .collect(),
-            _ => return Err(AuthnError::MissingClaim("aud")),
+                .map(|a| a.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(AuthnError::InvalidClaim("aud"))?,
+            Some(_) => return Err(AuthnError::InvalidClaim("aud")),
+            None => return Err(AuthnError::MissingClaim("aud")),
         };
         // OAuth `scope` is space-separated (RFC 8693 §4.2); some IdPs send an `scp` array.
         let scopes = match (claims.get("scope"), claims.get("scp")) {

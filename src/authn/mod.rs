@@ -40,6 +40,12 @@ pub enum AuthnError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    #[error("the token's {0} claim is malformed")]
+    InvalidClaim(&'static str),
+    #[error("the token names a JOSE extension onbehalf does not support (crit, b64)")]
+    UnsupportedExtension,
+    #[error("the token repeats a JSON member name")]
+    DuplicateMember,
     #[error("the token's {0} claim is not a NumericDate between 0 and the year 9999")]
     InvalidDate(&'static str),
     #[error("the token was issued in the future")]
@@ -348,6 +354,7 @@ impl Verifier {
         token: &str,
     ) -> Result<(Verified, Arc<jwks::VerifyKey>), AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
+        check_header(token)?;
         let (json, claims) = decode_payload(token)?;
         let issuer = match claims.get("iss") {
             Some(serde_json::Value::String(iss)) => iss.as_str(),
@@ -443,7 +450,86 @@ fn decode_payload(
         .map_err(|_| AuthnError::Malformed)?;
     let json = String::from_utf8(bytes).map_err(|_| AuthnError::Malformed)?;
     let claims = serde_json::from_str(&json).map_err(|_| AuthnError::Malformed)?;
+    unique_members(&json)?;
     Ok((json.into_boxed_str(), claims))
+}
+
+/// The JOSE header, read strictly: no repeated member, and no extension onbehalf would have
+/// to understand to verify correctly — `crit` (RFC 7515 §4.1.11: a verifier that does not
+/// know a listed extension must refuse) and `b64` (RFC 7797, an unencoded payload).
+fn check_header(token: &str) -> Result<(), AuthnError> {
+    let segment = token.split('.').next().ok_or(AuthnError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthnError::Malformed)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| AuthnError::Malformed)?;
+    unique_members(text)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|_| AuthnError::Malformed)?;
+    if header.contains_key("crit") || header.contains_key("b64") {
+        return Err(AuthnError::UnsupportedExtension);
+    }
+    Ok(())
+}
+
+/// Refuses JSON that repeats a member name in any object, at any depth: parsers disagree on
+/// which one counts (serde_json keeps the last), so an issuer's signature over such a document
+/// does not say which `sub` it vouched for.
+fn unique_members(json: &str) -> Result<(), AuthnError> {
+    use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+
+    struct Unique;
+    struct Walk;
+
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_any(Walk)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Unique;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if !seen.insert(key) {
+                    return Err(A::Error::custom("duplicate member"));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+
+    serde_json::from_str::<Unique>(json)
+        .map(|_| ())
+        .map_err(|_| AuthnError::DuplicateMember)
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthnError {
