@@ -1,5 +1,6 @@
 //! onbehalf in-process, asked over real gRPC on loopback, with keys from a real HTTP IdP.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -280,6 +281,73 @@ async fn an_unknown_kid_while_the_idp_hangs_is_answered_within_the_wait() {
     }
     assert_eq!(status, 200, "rsa-2 verifies once the IdP answers");
     assert!(idp.jwks_hits() > hits);
+    s.stop().await;
+}
+
+/// While the IdP hangs, a burst of tokens with unknown kids starts one fetch, not one per
+/// request, and every request is answered within the wait.
+#[tokio::test]
+async fn a_hanging_idp_gets_one_fetch_however_many_unknown_kids_wait() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = Arc::new(sidecar(&idp).await);
+    idp.set_delay(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(300)).await; // past min_refresh_interval
+    let hits = idp.jwks_hits();
+    let claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    let start = std::time::Instant::now();
+    let mut burst = Vec::new();
+    for i in 0..50 {
+        let (s, mut claims) = (s.clone(), claims.clone());
+        claims["jti"] = json!(i);
+        burst.push(tokio::spawn(async move {
+            s.check_token("GET", "/flights", &sign("rsa-2", &claims))
+                .await
+                .status
+        }));
+    }
+    for r in burst {
+        assert_eq!(r.await.expect("request"), 401);
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "50 requests took {:?}: they waited for the hanging fetch (timeout 1 s)",
+        start.elapsed()
+    );
+    assert_eq!(idp.jwks_hits() - hits, 1, "one fetch for the whole burst");
+    idp.set_delay(Duration::ZERO);
+    Arc::into_inner(s).expect("one owner").stop().await;
+}
+
+/// A JWKS that is garbage, or larger than the limit, is refused whole: the keys already
+/// known keep verifying, and a forced refresh reports the failure.
+#[tokio::test]
+async fn garbage_or_oversized_jwks_keeps_the_known_keys() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let mut claims = delegation(&idp.issuer(), &["travel-agent"], "read_bookings");
+    for (what, body) in [
+        ("garbage", "{\"keys\": [oops".to_string()),
+        ("not a JWKS", "[1, 2, 3]".to_string()),
+        (
+            "over 1 MiB",
+            format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(1_100_000)),
+        ),
+    ] {
+        idp.set_body(Some(body));
+        for issuer in s.running.authorizer.verifier().issuers() {
+            assert!(!issuer.refresh(true).await, "{what}: the fetch must fail");
+        }
+        // A token new to the token cache: verified with the keys, not answered from it.
+        claims["jti"] = json!(what);
+        assert_eq!(
+            s.check_token("GET", "/flights", &sign("rsa-1", &claims))
+                .await
+                .status,
+            200,
+            "{what}: the known key still verifies"
+        );
+    }
+    idp.set_body(None);
     s.stop().await;
 }
 

@@ -74,6 +74,8 @@ struct IdpState {
     up: bool,
     /// How long the JWKS endpoint takes to answer (an IdP that hangs).
     delay: Duration,
+    /// A body served instead of the JWKS (garbage, an oversized document).
+    body: Option<String>,
     jwks_hits: usize,
     issuer: String,
 }
@@ -107,6 +109,7 @@ impl IdpServer {
             keys: kids.iter().map(|k| jwk(k)).collect(),
             up: true,
             delay: Duration::ZERO,
+            body: None,
             jwks_hits: 0,
             issuer: format!("http://{addr}"),
         }));
@@ -134,6 +137,11 @@ impl IdpServer {
         self.state.lock().expect("lock").keys = kids.iter().map(|k| jwk(k)).collect();
     }
 
+    /// Serves `body` as the JWKS document (200), or the keys again with `None`.
+    pub fn set_body(&self, body: Option<String>) {
+        self.state.lock().expect("lock").body = body;
+    }
+
     /// Makes the JWKS endpoint answer only after `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().expect("lock").delay = delay;
@@ -149,13 +157,18 @@ impl IdpServer {
 }
 
 async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> impl IntoResponse {
-    let delay = state.lock().expect("lock").delay;
+    // Counted as the request arrives, before any delay.
+    let delay = {
+        let mut s = state.lock().expect("lock");
+        s.jwks_hits += 1;
+        s.delay
+    };
     tokio::time::sleep(delay).await;
-    let mut s = state.lock().expect("lock");
-    s.jwks_hits += 1;
-    match s.up {
-        true => (StatusCode::OK, Json(json!({"keys": s.keys}))).into_response(),
-        false => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    let s = state.lock().expect("lock");
+    match (s.up, &s.body) {
+        (false, _) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        (true, Some(body)) => (StatusCode::OK, body.clone()).into_response(),
+        (true, None) => (StatusCode::OK, Json(json!({"keys": s.keys}))).into_response(),
     }
 }
 
