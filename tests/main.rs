@@ -12,3 +12,4 @@ mod grpc;
 mod hostile;
 mod mint;
 mod policy;
+mod properties;
