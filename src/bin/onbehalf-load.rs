@@ -85,6 +85,11 @@ struct RunArgs {
     /// Check every answer against the decision the corpus expects (off for the no-op server).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     expect: bool,
+    /// Requests per second in all, spread evenly over the workers (0: as fast as they go).
+    /// A fixed rate is for soaks: the server is loaded, not saturated, and its latency and
+    /// memory are watched over time.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Worker threads of the client's runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -364,10 +369,23 @@ async fn drive(
     for w in 0..args.concurrency.max(1) {
         let channel = channels[w % channels.len()].clone();
         let (cases, next, expect) = (cases.clone(), next.clone(), args.expect);
+        let mut pace = (args.rate > 0.0).then(|| {
+            let workers = args.concurrency.max(1);
+            let every = Duration::from_secs_f64(workers as f64 / args.rate);
+            // Staggered, so that the workers' requests spread over the interval instead of
+            // leaving together in bursts.
+            let offset = every.mul_f64(w as f64 / workers as f64);
+            let mut pace = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pace
+        });
         workers.push(tokio::spawn(async move {
             let mut client = AuthorizationClient::new(channel);
             let mut tally = Tally::default();
             loop {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
