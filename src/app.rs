@@ -57,6 +57,28 @@ pub struct Running {
     exited: mpsc::UnboundedReceiver<String>,
 }
 
+/// Serves `router` on `listener` until `stop` turns true, as a server task (`spawn_server`).
+fn spawn_http(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    exited: mpsc::UnboundedSender<String>,
+) -> JoinHandle<anyhow::Result<()>> {
+    spawn_server(
+        name,
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .with_context(|| format!("{name} server failed"))
+        },
+        exited,
+    )
+}
+
 /// Spawns a server's task, which says on `exited` when and why it ended — also when it
 /// panicked.
 fn spawn_server(
@@ -266,17 +288,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     .await
                     .with_context(|| format!("exchange.addr: cannot listen on {addr}"))?;
                 exchange_addr = Some(listener.local_addr()?);
-                let mut stop = shutdown_rx.clone();
-                tasks.push(spawn_server(
+                tasks.push(spawn_http(
                     "exchange",
-                    async move {
-                        axum::serve(listener, routes)
-                            .with_graceful_shutdown(async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            })
-                            .await
-                            .context("exchange server failed")
-                    },
+                    listener,
+                    routes,
+                    shutdown_rx.clone(),
                     exited_tx.clone(),
                 ));
             }
@@ -287,17 +303,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             "Serving token exchange"
         );
     }
-    let mut admin_stop = shutdown_rx.clone();
-    let admin_task = spawn_server(
+    let admin_task = spawn_http(
         "admin",
-        async move {
-            axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(async move {
-                    let _ = admin_stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("admin server failed")
-        },
+        admin_listener,
+        admin,
+        shutdown_rx.clone(),
         exited_tx.clone(),
     );
 

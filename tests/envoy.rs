@@ -195,6 +195,19 @@ async fn start_envoy(dir: &Path, yaml: &str, ports: &[(u16, u16)], admin: u16) -
     proc
 }
 
+/// The repository's `envoy.yaml`: listening on `listen`, asking onbehalf on `grpc`, the
+/// upstream on `upstream`, its admin on `admin`.
+async fn start_repo_envoy(dir: &Path, listen: u16, grpc: u16, upstream: u16, admin: u16) -> Proc {
+    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
+    let ports = [
+        (8000, listen),
+        (9191, grpc),
+        (8080, upstream),
+        (9901, admin),
+    ];
+    start_envoy(dir, &yaml, &ports, admin).await
+}
+
 #[tokio::test]
 async fn delegation_through_envoy() {
     let echo = EchoServer::start().await;
@@ -206,19 +219,7 @@ async fn delegation_through_envoy() {
     let onbehalf = start_onbehalf(dir.path(), &config, admin).await;
 
     // Envoy: the repository's envoy.yaml, on free ports.
-    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
-    let _envoy = start_envoy(
-        dir.path(),
-        &yaml,
-        &[
-            (8000, listen),
-            (9191, grpc),
-            (8080, echo.addr.port()),
-            (9901, envoy_admin),
-        ],
-        envoy_admin,
-    )
-    .await;
+    let _envoy = start_repo_envoy(dir.path(), listen, grpc, echo.addr.port(), envoy_admin).await;
 
     let client = reqwest::Client::new();
     let url = |path: &str| format!("http://127.0.0.1:{listen}{path}");
@@ -685,19 +686,7 @@ async fn an_exchanged_delegation_token_passes_envoy() {
     let _echo = start_echo(dir.path(), echo_port).await;
     let config = demo_config_with_exchange(dir.path(), grpc, admin, exchange, |c| c);
     let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
-    let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
-    let _envoy = start_envoy(
-        dir.path(),
-        &yaml,
-        &[
-            (8000, listen),
-            (9191, grpc),
-            (8080, echo_port),
-            (9901, envoy_admin),
-        ],
-        envoy_admin,
-    )
-    .await;
+    let _envoy = start_repo_envoy(dir.path(), listen, grpc, echo_port, envoy_admin).await;
 
     let alice = alice(&["--scope", "book_flight read_bookings"]);
     let agent = mint(&["--sub", "travel-agent"]);
