@@ -172,9 +172,10 @@ impl CheckInput<'_> {
     }
 
     /// Writes what the document holds at `path` into a decision-cache key: the value's JSON,
-    /// or `U` where the path leads nowhere. Only request-derived paths are written here (the
-    /// token-derived ones go through `TokenParts::feed_key`); the common attribute paths are
-    /// read from the request without building `attributes`, writing the same bytes.
+    /// or, where the path leads nowhere, how far it led and what it met there. Only
+    /// request-derived paths are written here (the token-derived ones go through
+    /// `TokenParts::feed_key`); the common attribute paths are read from the request without
+    /// building `attributes`, writing the same bytes.
     pub fn feed_key(&self, path: &[Segment], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let Some((Segment::Key(top), rest)) = path.split_first() else {
             // The whole input: every request part, in order.
@@ -189,18 +190,16 @@ impl CheckInput<'_> {
             return write_value(fast, out);
         }
         match self.request_part(top) {
-            Some(v) => write_value(lookup(&v, rest), out),
-            None => {
-                out.push(b'U');
-                Ok(())
-            }
+            Some(v) => write_value(lookup(&v, rest).map_err(Missing::below), out),
+            None => write_value::<Value>(Err(Missing::ROOT), out),
         }
     }
 
     /// `attributes.request.http.{method,path,host,scheme,protocol,id}` and
-    /// `attributes.request.http.headers.<name>`, straight from the request: `Some(None)` when
-    /// absent (empty strings are left out of the document, as in protojson).
-    fn attribute_fast(&self, rest: &[Segment]) -> Option<Option<&str>> {
+    /// `attributes.request.http.headers.<name>`, straight from the request (empty strings
+    /// are left out of the document, as in protojson; `http` is always there, `headers` when
+    /// there is one).
+    fn attribute_fast(&self, rest: &[Segment]) -> Option<Result<&str, Missing>> {
         let [Segment::Key(a), Segment::Key(b), tail @ ..] = rest else {
             return None;
         };
@@ -208,21 +207,38 @@ impl CheckInput<'_> {
             return None;
         }
         let h = self.http;
-        fn field(s: &str) -> Option<Option<&str>> {
-            Some(Some(s).filter(|s| !s.is_empty()))
+        // `attributes.request.http` leads to an object: three steps.
+        let in_http = Missing {
+            depth: 3,
+            found: b'o',
+        };
+        fn field(s: &str, missing: Missing) -> Option<Result<&str, Missing>> {
+            Some(Some(s).filter(|s| !s.is_empty()).ok_or(missing))
         }
         match tail {
             [Segment::Key(f)] => match f.as_str() {
-                "method" => field(&h.method),
-                "path" => field(&h.path),
-                "host" => field(&h.host),
-                "scheme" => field(&h.scheme),
-                "protocol" => field(&h.protocol),
-                "id" => field(&h.id),
+                "method" => field(&h.method, in_http),
+                "path" => field(&h.path, in_http),
+                "host" => field(&h.host, in_http),
+                "scheme" => field(&h.scheme, in_http),
+                "protocol" => field(&h.protocol, in_http),
+                "id" => field(&h.id, in_http),
                 _ => None,
             },
             [Segment::Key(headers), Segment::Key(name)] if headers == "headers" => {
-                Some(self.headers.get(name.as_str()).map(String::as_str))
+                let missing = match self.headers.is_empty() {
+                    true => in_http,
+                    false => Missing {
+                        depth: 4,
+                        found: b'o',
+                    },
+                };
+                Some(
+                    self.headers
+                        .get(name.as_str())
+                        .map(String::as_str)
+                        .ok_or(missing),
+                )
             }
             _ => None,
         }
@@ -284,7 +300,11 @@ impl TokenParts {
         if !TOKEN_KEYS.contains(&top.as_str()) {
             return Ok(false);
         }
-        write_value(self.part(top).and_then(|v| lookup(v, rest)), out)?;
+        let found = match self.part(top) {
+            Some(v) => lookup(v, rest).map_err(Missing::below),
+            None => Err(Missing::ROOT),
+        };
+        write_value(found, out)?;
         Ok(true)
     }
 }
@@ -295,34 +315,81 @@ pub fn is_token_path(path: &[Segment]) -> bool {
     matches!(path.first(), Some(Segment::Key(k)) if TOKEN_KEYS.contains(&k.as_str()))
 }
 
-/// The value at `path` below `v`.
-fn lookup<'v>(v: &'v Value, path: &[Segment]) -> Option<&'v Value> {
-    let mut node = v;
-    for seg in path {
-        node = match (node, seg) {
-            (Value::Object(o), Segment::Key(k)) => o.get(&Value::from(k.as_str()))?,
-            (Value::Array(a), Segment::Index(i)) => a.get(usize::try_from(*i).ok()?)?,
-            (Value::Object(o), Segment::Index(i)) => o.get(&Value::from(*i))?,
-            _ => return None,
-        };
-    }
-    Some(node)
+/// Where a path of the document leads nowhere: after `depth` steps, at a value of kind
+/// `found` (`o`bject, `a`rray, `s`et, `"` string, `n`umber, `b`oolean, `z` null). A key
+/// tells "`input.a` is `{}`" from "there is no `input.a`" although `input.a.b` is undefined in
+/// both: a policy that binds `x := input.a` and tests `not x.b` answers differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    depth: u32,
+    found: u8,
 }
 
-/// JSON with a length prefix, or `U` for undefined. A string and its `Value` write the same
-/// bytes, so fast and slow lookups of one path agree. A value that cannot be written is an
-/// error, never an empty string that another value could share.
+impl Missing {
+    /// A top-level key the document does not have.
+    const ROOT: Missing = Missing {
+        depth: 0,
+        found: b'o',
+    };
+
+    /// The same, one step further from the root (for a lookup below a top-level key).
+    fn below(self) -> Missing {
+        Missing {
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+}
+
+/// The value at `path` below `v`, or how far the path led.
+fn lookup<'v>(v: &'v Value, path: &[Segment]) -> Result<&'v Value, Missing> {
+    let mut node = v;
+    for (depth, seg) in path.iter().enumerate() {
+        let next = match (node, seg) {
+            (Value::Object(o), Segment::Key(k)) => o.get(&Value::from(k.as_str())),
+            (Value::Array(a), Segment::Index(i)) => usize::try_from(*i).ok().and_then(|i| a.get(i)),
+            (Value::Object(o), Segment::Index(i)) => o.get(&Value::from(*i)),
+            _ => None,
+        };
+        node = next.ok_or(Missing {
+            depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            found: kind(node),
+        })?;
+    }
+    Ok(node)
+}
+
+fn kind(v: &Value) -> u8 {
+    match v {
+        Value::Object(_) => b'o',
+        Value::Array(_) => b'a',
+        Value::Set(_) => b's',
+        Value::String(_) => b'"',
+        Value::Number(_) => b'n',
+        Value::Bool(_) => b'b',
+        Value::Null => b'z',
+        Value::Undefined => b'u',
+    }
+}
+
+/// JSON with a length prefix, or `U` with how far the path led. A string and its `Value`
+/// write the same bytes, so fast and slow lookups of one path agree. A value that cannot be
+/// written is an error, never an empty string that another value could share.
 fn write_value<T: serde::Serialize + ?Sized>(
-    v: Option<&T>,
+    v: Result<&T, Missing>,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
     match v {
-        Some(v) => {
+        Ok(v) => {
             let json = serde_json::to_vec(v)?;
             out.extend_from_slice(&(json.len() as u64).to_be_bytes());
             out.extend_from_slice(&json);
         }
-        None => out.push(b'U'),
+        Err(missing) => {
+            out.push(b'U');
+            out.extend_from_slice(&missing.depth.to_be_bytes());
+            out.push(missing.found);
+        }
     }
     Ok(())
 }
@@ -672,3 +739,15 @@ fn opt_str(s: Option<&str>) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+/// The bytes a decision key holds for `paths` of a whole document, as `feed_key` writes
+/// them from a request (for tests of the read analysis against the key).
+#[cfg(test)]
+pub(crate) fn document_key(doc: &Value, paths: &[Vec<Segment>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for path in paths {
+        out.extend_from_slice(format!("{path:?}=").as_bytes());
+        write_value(lookup(doc, path), &mut out).expect("a document's values can be written");
+    }
+    out
+}

@@ -111,9 +111,12 @@ async fn compare(policy_dir: &std::path::Path, seed: u64, n: usize) -> (u64, u64
         let token = rng.pick(&tokens);
         let bearer = format!("Bearer {token}");
         let noise = (rng.next() % 1000).to_string();
+        // A fresh id on every request, as Envoy stamps them.
+        let request_id = format!("{seed:x}-{i}");
         let mut headers = vec![
             ("authorization", bearer.as_str()),
             ("x-noise", noise.as_str()),
+            ("x-request-id", request_id.as_str()),
         ];
         let tier = *rng.pick(&tiers);
         if !tier.is_empty() {
@@ -151,6 +154,24 @@ async fn caches_never_change_a_decision() {
     for seed in [1u64, 2, 3] {
         let (hits, _, _) = compare(dir.path(), seed, 300).await;
         assert!(hits > 0, "seed {seed}");
+    }
+
+    // OPA-Envoy's style: the request under a name, read through it, a helper function and
+    // object.get. Only x-tier, the method and the path count, not the fresh x-request-id.
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("authz.rego"),
+        "package envoy.authz\nimport rego.v1\n\
+         http_request := input.attributes.request.http\nheaders := http_request.headers\n\
+         default allow := false\n\
+         allow if {\n  http_request.method == \"GET\"\n  gold(headers)\n}\n\
+         allow if {\n  object.get(headers, \"x-tier\", \"none\") == \"silver\"\n  input.parsed_path[0] == \"flights\"\n}\n\
+         gold(h) if h[\"x-tier\"] == \"gold\"\n",
+    )
+    .expect("write");
+    for seed in [4u64, 5] {
+        let (hits, misses, _) = compare(dir.path(), seed, 300).await;
+        assert!(hits > misses, "seed {seed}: {hits} hits, {misses} misses");
     }
 
     // A policy that reads the clock: never cached, still the same answers.

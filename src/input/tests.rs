@@ -238,9 +238,18 @@ fn timestamps() {
 
 #[test]
 fn fast_key_paths_write_what_the_document_holds() {
+    // With headers, and without any (then the document has no `headers` at all).
+    for req in [
+        request("/a?x=1", &[("x-tier", "gold")], ""),
+        request("/a", &[], ""),
+    ] {
+        fast_and_slow_agree(&req);
+    }
+}
+
+fn fast_and_slow_agree(req: &CheckRequest) {
     use crate::policy::analysis::Segment::Key;
-    let req = request("/a?x=1", &[("x-tier", "gold")], "");
-    let input = CheckInput::try_from(&req).expect("valid");
+    let input = CheckInput::try_from(req).expect("valid");
     let doc = input.document(auth().parts().expect("parts"));
     let path = |segs: &[&str]| segs.iter().map(|s| Key(s.to_string())).collect::<Vec<_>>();
     for p in [

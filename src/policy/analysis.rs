@@ -3,15 +3,21 @@
 //! - Unknown functions: regorus reports a call to an unknown function only when an evaluation
 //!   reaches it; a policy calling `http.send` or `io.jwt.decode` would then fail on some
 //!   requests only. onbehalf refuses such a policy up front, naming file and line.
-//! - What the policy reads (`reads`): the static `input` paths it references and whether it
-//!   calls a builtin whose answer varies between calls (time, randomness). The decision cache
-//!   keys on exactly those paths, and stays off for a policy that reads time or randomness.
+//! - What the policy reads (`reads`, in `reads.rs`): the `input` paths its answer can depend
+//!   on, followed through the names bound to parts of the input, and whether it calls a
+//!   builtin whose answer varies between calls (time, randomness). The decision cache keys on
+//!   exactly those paths, and stays off for a policy that reads time or randomness.
 
 use std::collections::HashSet;
 
 use regorus::unstable::{BUILTINS, Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 
 pub use crate::input::Segment;
+pub use reads::reads;
+
+mod reads;
+#[cfg(test)]
+mod tests;
 
 /// Builtins whose result is not a function of their arguments.
 const NONDETERMINISTIC: &[&str] = &[
@@ -31,99 +37,6 @@ pub struct Reads {
     pub input_paths: Vec<Vec<Segment>>,
     /// Non-deterministic builtins the policy calls anywhere: nothing may be cached then.
     pub nondeterministic: Vec<String>,
-}
-
-/// Everything the policy's modules can read: each `input` reference contributes its longest
-/// static prefix (`input.a[x].b` reads all of `input.a`), a bare `input` (aliasing, `with`)
-/// the whole input, an `import input.x` all of `input.x`.
-pub fn reads(modules: &[Ref<Module>]) -> Reads {
-    let mut paths: Vec<Vec<Segment>> = Vec::new();
-    let mut nondeterministic = Vec::new();
-    for module in modules {
-        for import in &module.imports {
-            if let Some((path, _)) = input_path(&import.refr) {
-                paths.push(path);
-            }
-        }
-        walk(module, |expr, pending| match expr {
-            Expr::Var { value, .. } if value.as_string().is_ok_and(|v| v.as_ref() == "input") => {
-                paths.push(Vec::new());
-                false
-            }
-            Expr::RefDot { .. } | Expr::RefBrack { .. } => match input_path(expr) {
-                Some((path, dynamic_indices)) => {
-                    paths.push(path);
-                    pending.extend(dynamic_indices);
-                    false
-                }
-                None => true,
-            },
-            Expr::Call { fcn, .. } => {
-                if let Some(name) = dotted(fcn)
-                    && NONDETERMINISTIC.contains(&name.as_str())
-                    && !nondeterministic.contains(&name)
-                {
-                    nondeterministic.push(name);
-                }
-                true
-            }
-            _ => true,
-        });
-    }
-    paths.sort();
-    paths.dedup();
-    // Keep only paths with no prefix in the set: a subtree covers everything below it.
-    let mut minimal: Vec<Vec<Segment>> = Vec::new();
-    for p in paths {
-        if !minimal.iter().any(|m| p.starts_with(m)) {
-            minimal.push(p);
-        }
-    }
-    Reads {
-        input_paths: minimal,
-        nondeterministic,
-    }
-}
-
-/// For a reference rooted at `input`: its static prefix, and the index expressions that are
-/// not literals (they must be analysed too). `None` when the root is not `input`.
-fn input_path(expr: &Expr) -> Option<(Vec<Segment>, Vec<&Expr>)> {
-    let mut reversed = Vec::new();
-    let mut dynamic = Vec::new();
-    let mut node = expr;
-    loop {
-        match node {
-            Expr::Var { value, .. } => {
-                if value.as_string().ok()?.as_ref() != "input" {
-                    return None;
-                }
-                break;
-            }
-            Expr::RefDot { refr, field, .. } => {
-                reversed.push(Segment::Key(field.1.as_string().ok()?.to_string()));
-                node = refr;
-            }
-            Expr::RefBrack { refr, index, .. } => {
-                match index.as_ref() {
-                    Expr::String { value, .. } | Expr::RawString { value, .. } => {
-                        reversed.push(Segment::Key(value.as_string().ok()?.to_string()));
-                    }
-                    Expr::Number { value, .. } if value.as_u64().is_ok() => {
-                        reversed.push(Segment::Index(value.as_u64().ok()?));
-                    }
-                    other => {
-                        // Everything below a dynamic index may be read: keep the prefix only.
-                        reversed.clear();
-                        dynamic.push(other);
-                    }
-                }
-                node = refr;
-            }
-            _ => return None,
-        }
-    }
-    reversed.reverse();
-    Some((reversed, dynamic))
 }
 
 /// A call to a function that is neither a regorus builtin nor defined by the policy.
@@ -275,63 +188,72 @@ fn walk<'a>(module: &'a Module, mut f: impl FnMut(&'a Expr, &mut Vec<&'a Expr>) 
             continue;
         }
         let Some(expr) = exprs.pop() else { break };
-        if !f(expr, &mut exprs) {
-            continue;
+        if f(expr, &mut exprs) {
+            children(expr, &mut exprs, &mut queries);
         }
-        match expr {
-            Expr::String { .. }
-            | Expr::RawString { .. }
-            | Expr::Number { .. }
-            | Expr::Bool { .. }
-            | Expr::Null { .. }
-            | Expr::Var { .. } => {}
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                exprs.extend(items.iter().map(|i| i.as_ref()));
+    }
+}
+
+/// Queues the direct children of `expr`: its sub-expressions in `exprs`, the queries of its
+/// comprehensions in `queries`.
+pub(crate) fn children<'a>(
+    expr: &'a Expr,
+    exprs: &mut Vec<&'a Expr>,
+    queries: &mut Vec<&'a Query>,
+) {
+    match expr {
+        Expr::String { .. }
+        | Expr::RawString { .. }
+        | Expr::Number { .. }
+        | Expr::Bool { .. }
+        | Expr::Null { .. }
+        | Expr::Var { .. } => {}
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            exprs.extend(items.iter().map(|i| i.as_ref()));
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                exprs.push(k);
+                exprs.push(v);
             }
-            Expr::Object { fields, .. } => {
-                for (_, k, v) in fields {
-                    exprs.push(k);
-                    exprs.push(v);
-                }
-            }
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                exprs.push(term);
-                queries.push(query);
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                exprs.push(key);
-                exprs.push(value);
-                queries.push(query);
-            }
-            Expr::Call { fcn, params, .. } => {
-                exprs.push(fcn);
-                exprs.extend(params.iter().map(|p| p.as_ref()));
-            }
-            Expr::UnaryExpr { expr, .. } => exprs.push(expr),
-            Expr::RefDot { refr, .. } => exprs.push(refr),
-            Expr::RefBrack { refr, index, .. } => {
-                exprs.push(refr);
-                exprs.push(index);
-            }
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                exprs.push(lhs);
-                exprs.push(rhs);
-            }
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                exprs.extend(key.iter().map(|k| k.as_ref()));
-                exprs.push(value);
-                exprs.push(collection);
-            }
+        }
+        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+            exprs.push(term);
+            queries.push(query);
+        }
+        Expr::ObjectCompr {
+            key, value, query, ..
+        } => {
+            exprs.push(key);
+            exprs.push(value);
+            queries.push(query);
+        }
+        Expr::Call { fcn, params, .. } => {
+            exprs.push(fcn);
+            exprs.extend(params.iter().map(|p| p.as_ref()));
+        }
+        Expr::UnaryExpr { expr, .. } => exprs.push(expr),
+        Expr::RefDot { refr, .. } => exprs.push(refr),
+        Expr::RefBrack { refr, index, .. } => {
+            exprs.push(refr);
+            exprs.push(index);
+        }
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            exprs.push(lhs);
+            exprs.push(rhs);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            exprs.extend(key.iter().map(|k| k.as_ref()));
+            exprs.push(value);
+            exprs.push(collection);
         }
     }
 }

@@ -189,7 +189,7 @@ impl PolicySet {
         if !unknown.is_empty() {
             return Err(PolicyError::UnknownFunctions(unknown));
         }
-        let reads = analysis::reads(engine.get_modules());
+        let reads = analysis::reads(engine.get_modules(), query);
         let packages = engine
             .get_modules()
             .iter()
