@@ -1,5 +1,6 @@
 //! Issuer keys: JWKS from a file, a `jwks_uri` or OIDC discovery, turned once per fetch into
-//! per-key decoding keys with their `Validation` prebuilt.
+//! verification keys parsed for each algorithm they may verify (aws-lc's `ParsedPublicKey`:
+//! the RSA or EC key is built once per key set, never per token).
 //!
 //! The current key set of an issuer sits behind an `ArcSwap`: a request reads it without a
 //! lock. A background task fetches again every `jwks_ttl`; a token naming an unknown `kid`
@@ -13,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use tokio::sync::Mutex;
 
 use super::AuthnError;
@@ -55,11 +57,10 @@ pub enum KeySource {
     Discovery(String),
 }
 
-/// One verification key with the validation rules that go with it.
+/// One verification key, parsed once for each algorithm it may verify.
 pub struct VerifyKey {
     kid: Option<Arc<str>>,
-    key: DecodingKey,
-    validation: Validation,
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
     /// SHA-256 of the key material: tells a re-published key from a replaced one.
     fingerprint: Digest,
 }
@@ -107,12 +108,17 @@ pub type KeysHook = Box<dyn Fn(&Arc<str>, Arc<KeySet>) + Send + Sync>;
 // === impl VerifyKey ===
 
 impl VerifyKey {
-    pub fn decoding_key(&self) -> &DecodingKey {
-        &self.key
+    /// Whether this key may verify `alg` (from its `kty`, `crv`, `alg` and the issuer's list).
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.parsed.iter().any(|(a, _)| *a == alg)
     }
 
-    pub fn validation(&self) -> &Validation {
-        &self.validation
+    /// Checks `signature` over `message` (the token's `header.payload`) with algorithm `alg`.
+    pub fn verify_signature(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
     }
 
     pub fn kid(&self) -> Option<&str> {
@@ -133,7 +139,10 @@ impl fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyKey")
             .field("kid", &self.kid)
-            .field("algorithms", &self.validation.algorithms)
+            .field(
+                "algorithms",
+                &self.parsed.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -229,17 +238,13 @@ impl KeySet {
     /// without one is accepted only when exactly one key can verify its algorithm.
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<VerifyKey>> {
         match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .filter(|k| k.validation.algorithms.contains(&alg))
-                .cloned(),
+            Some(kid) => self.by_kid.get(kid).filter(|k| k.allows(alg)).cloned(),
             None => {
                 let mut fits = self
                     .by_kid
                     .values()
                     .chain(self.without_kid.iter())
-                    .filter(|k| k.validation.algorithms.contains(&alg));
+                    .filter(|k| k.allows(alg));
                 match (fits.next(), fits.next()) {
                     (Some(only), None) => Some(only.clone()),
                     _ => None,
@@ -341,6 +346,11 @@ impl IssuerKeys {
 
     pub fn allows(&self, alg: Algorithm) -> bool {
         self.algorithms.contains(&alg)
+    }
+
+    /// The audiences a token of this issuer must name one of.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
     }
 
     /// The key that must verify a token with this header. `keys` is the caller's snapshot of
@@ -545,6 +555,10 @@ impl IssuerKeys {
             return None;
         }
         let key = DecodingKey::from_jwk(jwk).ok()?;
+        let parsed = algorithms
+            .iter()
+            .map(|alg| Some((*alg, parse_key(&key, *alg)?)))
+            .collect::<Option<Vec<_>>>()?;
         let material = serde_json::to_vec(&jwk.algorithm).ok()?;
         let mut fingerprint = [0u8; 32];
         for (o, b) in fingerprint
@@ -553,19 +567,38 @@ impl IssuerKeys {
         {
             *o = *b;
         }
-        let mut validation = Validation::new(*algorithms.first()?);
-        validation.algorithms = algorithms;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&self.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.leeway.as_secs();
         Some(VerifyKey {
             kid: jwk.common.key_id.as_deref().map(Arc::from),
-            key,
-            validation,
+            parsed,
             fingerprint,
         })
+    }
+}
+
+/// The key as aws-lc verifies `alg` with it; `None` when the material does not form one
+/// (a malformed modulus, a point off the curve).
+fn parse_key(key: &DecodingKey, alg: Algorithm) -> Option<ParsedPublicKey> {
+    let rsa = |params: &'static sig::RsaParameters| match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents { n, e }
+            .to_parsed_public_key(params)
+            .ok(),
+        DecodingKeyKind::SecretOrDer(_) => None,
+    };
+    let raw = |params: &'static dyn sig::VerificationAlgorithm| match key.kind() {
+        DecodingKeyKind::SecretOrDer(bytes) => ParsedPublicKey::new(params, bytes).ok(),
+        DecodingKeyKind::RsaModulusExponent { .. } => None,
+    };
+    match alg {
+        Algorithm::RS256 => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        Algorithm::ES256 => raw(&sig::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => raw(&sig::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => raw(&sig::ED25519),
+        _ => None, // HMAC: never from a JWKS
     }
 }
 

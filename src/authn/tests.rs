@@ -44,9 +44,18 @@ async fn verifier_with(
     dir: &tempfile::TempDir,
     max_token_lifetime: Option<Interval>,
 ) -> Verifier {
-    let path = dir.path().join("jwks.json");
     let keys: Vec<_> = kids.iter().map(|k| jwk(k)).collect();
-    std::fs::write(&path, json!({ "keys": keys }).to_string()).expect("write jwks");
+    verifier_of(json!({ "keys": keys }), dir, max_token_lifetime).await
+}
+
+/// A verifier trusting ISS with the JWKS `jwks`.
+async fn verifier_of(
+    jwks: serde_json::Value,
+    dir: &tempfile::TempDir,
+    max_token_lifetime: Option<Interval>,
+) -> Verifier {
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).expect("write jwks");
     let issuer = IssuerConfig {
         issuer: ISS.into(),
         audiences: vec![AUD.into()],
@@ -417,4 +426,99 @@ async fn registered_dates_are_checked_strictly() {
     // Dates within bounds still verify, floats included.
     let ok = with("iat", json!(now() as f64 - 0.5));
     assert!(v.verify(&ok).await.is_ok());
+}
+
+#[tokio::test]
+async fn keys_are_parsed_once_when_the_jwks_loads() {
+    // A key whose point is not on its curve is left out of the set when it loads (not
+    // found at each verification): a token naming it finds no key.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut off_curve = jwk("ec-1");
+    off_curve["kid"] = json!("ec-off-curve");
+    let x = off_curve["x"].as_str().expect("x").to_string();
+    off_curve["y"] = json!(x);
+    let jwks = json!({"keys": [jwk("rsa-1"), jwk("ec-1"), off_curve]});
+    let v = verifier_of(jwks, &dir, None).await;
+    let pem = std::fs::read(fixture("ec-1.pem")).expect("pem");
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-off-curve".into());
+    let key = EncodingKey::from_ec_pem(&pem).expect("key");
+    let token = jsonwebtoken::encode(&header, &claims(), &key).expect("sign");
+    assert_eq!(
+        v.verify(&token).await.map(|_| ()),
+        Err(AuthnError::UnknownKeyId)
+    );
+    // The parsed keys verify every time, not only the first.
+    for _ in 0..3 {
+        v.verify(&sign("ec-1", &claims())).await.expect("ec-1");
+        v.verify(&sign("rsa-1", &claims())).await.expect("rsa-1");
+    }
+}
+
+#[tokio::test]
+async fn registered_claims_are_read_as_jsonwebtoken_reads_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = verifier(&["rsa-1"], &dir).await;
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        for (k, value) in patch.as_object().expect("object") {
+            c[k] = value.clone();
+        }
+        sign("rsa-1", &c)
+    };
+    for (name, token) in [
+        (
+            "aud as a list naming this service",
+            with(json!({"aud": ["other", AUD]})),
+        ),
+        ("exp as a float", with(json!({"exp": now() as f64 + 300.5}))),
+        ("nbf just now", with(json!({"nbf": now()}))),
+    ] {
+        assert!(v.verify(&token).await.is_ok(), "{name}");
+    }
+    let cases = [
+        (
+            "aud a list with a number",
+            with(json!({"aud": [AUD, 1]})),
+            AuthnError::MissingClaim("aud"),
+        ),
+        (
+            "aud missing",
+            with(json!({"aud": null})),
+            AuthnError::MissingClaim("aud"),
+        ),
+        (
+            "aud a list of others",
+            with(json!({"aud": ["a", "b"]})),
+            AuthnError::Audience,
+        ),
+        (
+            "exp negative",
+            with(json!({"exp": -5})),
+            AuthnError::MissingClaim("exp"),
+        ),
+        (
+            "exp as a string",
+            with(json!({"exp": "soon"})),
+            AuthnError::MissingClaim("exp"),
+        ),
+        (
+            "sub a number",
+            with(json!({"sub": 7})),
+            AuthnError::MissingClaim("sub"),
+        ),
+        (
+            "nbf as a string",
+            with(json!({"nbf": "now"})),
+            AuthnError::Malformed,
+        ),
+        (
+            "expired a minute ago",
+            with(json!({"exp": now() - 60})),
+            AuthnError::Expired,
+        ),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(v.verify(&token).await.map(|_| ()), Err(want), "{name}");
+    }
 }
