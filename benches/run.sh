@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmarks, all in one run so the figures compare: start-up time to /readyz; for one
 # and for two serving threads, the no-op ext_authz server (the ceiling on this machine) and
-# onbehalf with the hot and cold corpora, and peak memory; then memory under a one-minute
-# flood of unique tokens.
+# onbehalf with the hot and cold corpora, and peak memory; an OPA-Envoy-style policy (names
+# bound to the request, benches/policies/aliased.rego) next to the same policy spelled out;
+# then memory under a one-minute flood of unique tokens. Every request carries a fresh
+# x-request-id, as Envoy stamps them (the load tool's default).
 #
 #   benches/run.sh            # writes target/bench/*.json and prints a summary
 #
@@ -23,6 +25,11 @@ load=target/release/onbehalf-load
 
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Decision-cache hits and misses so far, from /metrics.
+cache_counts() {
+  curl -s localhost:8181/metrics | awk '/^onbehalf_decision_cache_total\{result="hit"\}/ {h=$2}
+    /^onbehalf_decision_cache_total\{result="miss"\}/ {m=$2} END {printf "%d, %d", h, m}'
+}
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 # 1. Start-up time to /readyz (from the exec, measured by python).
@@ -57,11 +64,31 @@ for t in 1 2; do
 
   ONBEHALF_SERVER__WORKER_THREADS=$t $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
   wait_port 9191
+  before=$(cache_counts)
   $load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
     --label "onbehalf-hot-$t" | tail -1 > "$out/onbehalf-hot-$t.json"
+  echo "{\"before\": [$before], \"after\": [$(cache_counts)]}" > "$out/hits-onbehalf-hot-$t.json"
   $load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COLD_REQUESTS" \
     --label "onbehalf-cold-$t" | tail -1 > "$out/onbehalf-cold-$t.json"
   echo "{\"label\": \"memory-after-cold-$t\", \"rss_kib\": $(rss_kib $ob), \"peak_rss_kib\": $(hwm_kib $ob)}" > "$out/memory-$t.json"
+  kill $ob; wait $ob 2>/dev/null || true
+done
+
+# 2b. The OPA-Envoy-style policy and the same policy spelled out (benches/policies), one
+#     serving thread: hot, and cold for the aliased one, with the decision cache's hits and
+#     misses over each hot run.
+for p in aliased spelled; do
+  ONBEHALF_SERVER__WORKER_THREADS=1 ONBEHALF_POLICY__DIR="$PWD/benches/policies" \
+    ONBEHALF_POLICY__QUERY="data.bench.$p.allow" $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
+  wait_port 9191
+  before=$(cache_counts)
+  $load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
+    --label "$p-hot-1" | tail -1 > "$out/$p-hot-1.json"
+  echo "{\"before\": [$before], \"after\": [$(cache_counts)]}" > "$out/hits-$p-hot-1.json"
+  if [ "$p" = aliased ]; then
+    $load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COLD_REQUESTS" \
+      --label "$p-cold-1" | tail -1 > "$out/$p-cold-1.json"
+  fi
   kill $ob; wait $ob 2>/dev/null || true
 done
 
@@ -107,6 +134,20 @@ for t in (1, 2):
           f"({cold['throughput_rps']/ceiling:.2f}x the best no-op)")
     print(f"  peak RSS after cold ({cold['requests']} unique tokens): "
           f"{j[f'memory-{t}']['peak_rss_kib']/1024:.1f} MiB")
+def hit_ratio(name):
+    h = j[f"hits-{name}"]
+    hits, misses = h["after"][0] - h["before"][0], h["after"][1] - h["before"][1]
+    return hits / max(hits + misses, 1)
+print(f"  shipped policy hot: decision-cache hit ratio {hit_ratio('onbehalf-hot-1'):.3f}")
+noop1 = j["noop-hot-1"]["throughput_rps"]
+for p in ("aliased", "spelled"):
+    hot = j[f"{p}-hot-1"]
+    print(f"  {p:8} policy hot : {hot['throughput_rps']:8.0f} req/s  p99 {hot['p99_us']} us   "
+          f"throughput {hot['throughput_rps']/noop1:.2f}x the no-op  hit ratio {hit_ratio(p + '-hot-1'):.3f}")
+print(f"  aliased vs spelled, hot: {j['aliased-hot-1']['throughput_rps']/j['spelled-hot-1']['throughput_rps']:.2f}x")
+cold = j["aliased-cold-1"]
+print(f"  aliased  policy cold: {cold['throughput_rps']:8.0f} req/s  p99 {cold['p99_us']} us   "
+      f"throughput {cold['throughput_rps']/noop1:.2f}x the no-op")
 for corpus in ("hot", "cold"):
     off, on = j[f"onbehalf-{corpus}-1"], j[f"onbehalf-mint-{corpus}-1"]
     extra_us = 1e6 / on["throughput_rps"] - 1e6 / off["throughput_rps"]

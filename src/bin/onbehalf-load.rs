@@ -3,6 +3,7 @@
 //!
 //!     onbehalf-load noop --listen 127.0.0.1:9292
 //!     onbehalf-load run --target 127.0.0.1:9191 --corpus hot --duration 10s
+//!     onbehalf-load tokens --count 100000 > tokens.txt   # the cold corpus' tokens, for wrk
 //!
 //! Every run is bounded in time and count, and ends with one JSON line.
 
@@ -46,6 +47,26 @@ enum Command {
     },
     /// Send Check requests from a corpus and report.
     Run(RunArgs),
+    /// Print the cold corpus' first `count` tokens, one per line (for a load through Envoy).
+    Tokens {
+        #[arg(long)]
+        count: usize,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+}
+
+/// Who signs the corpus' tokens.
+#[derive(clap::Args)]
+struct SignerArgs {
+    /// Issuer the tokens name.
+    #[arg(long, default_value = "https://idp.bench")]
+    issuer: String,
+    /// RS256 signing key (PEM) and its kid.
+    #[arg(long, default_value = "tests/fixtures/rsa-1.pem")]
+    key: PathBuf,
+    #[arg(long, default_value = "rsa-1")]
+    kid: String,
 }
 
 #[derive(Parser)]
@@ -74,14 +95,11 @@ struct RunArgs {
     /// Distinct tokens of the cold corpus, cycled (default: one per request, none repeated).
     #[arg(long)]
     corpus_size: Option<usize>,
-    /// Issuer the tokens name.
-    #[arg(long, default_value = "https://idp.bench")]
-    issuer: String,
-    /// RS256 signing key (PEM) and its kid.
-    #[arg(long, default_value = "tests/fixtures/rsa-1.pem")]
-    key: PathBuf,
-    #[arg(long, default_value = "rsa-1")]
-    kid: String,
+    #[command(flatten)]
+    signer: SignerArgs,
+    /// Stamp every request with a fresh `x-request-id` (and request id), as Envoy does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    request_ids: bool,
     /// Check every answer against the decision the corpus expects (off for the no-op server).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     expect: bool,
@@ -119,7 +137,7 @@ fn main() -> ExitCode {
     // The no-op server serves on threads of its own, as `onbehalf serve` does.
     let threads = match &cli.command {
         Command::Run(args) => args.threads.max(1),
-        Command::Noop { .. } => 1,
+        Command::Noop { .. } | Command::Tokens { .. } => 1,
     };
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -138,6 +156,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Noop { listen, threads } => rt.block_on(noop(listen, threads)),
         Command::Run(args) => rt.block_on(run(args)),
+        Command::Tokens { count, signer } => print_tokens(count, &signer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -210,6 +229,15 @@ fn request(token: &str, method: &str, path: &str) -> CheckRequest {
 /// new to the decision cache (verify and evaluate each time).
 fn case(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<Case> {
     let allowed = !i.is_multiple_of(5);
+    Ok(Case {
+        request: request(&token(i, issuer, key, kid)?, "POST", "/flights/bookings"),
+        expect: if allowed { 200 } else { 403 },
+    })
+}
+
+/// The token of case `i`.
+fn token(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<String> {
+    let allowed = !i.is_multiple_of(5);
     let actor = if allowed { "travel-agent" } else { "ops-agent" };
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
     let claims = json!({"iss": issuer, "aud": "service-b", "sub": format!("user-{i}"),
@@ -217,28 +245,44 @@ fn case(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<
                         "act": {"sub": actor}});
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.into());
-    let token = jsonwebtoken::encode(&header, &claims, key)?;
-    Ok(Case {
-        request: request(&token, "POST", "/flights/bookings"),
-        expect: if allowed { 200 } else { 403 },
-    })
+    Ok(jsonwebtoken::encode(&header, &claims, key)?)
+}
+
+fn print_tokens(count: usize, signer: &SignerArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tokens = sign_all(count, signer, token)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for t in tokens {
+        writeln!(out, "{t}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Signs `n` cases on every core.
 fn corpus(n: usize, args: &RunArgs) -> anyhow::Result<Vec<Case>> {
-    let pem =
-        std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
+    sign_all(n, &args.signer, case)
+}
+
+/// `make(i, ..)` for `i` in `0..n`, on every core.
+fn sign_all<T: Send>(
+    n: usize,
+    signer: &SignerArgs,
+    make: fn(usize, &str, &EncodingKey, &str) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let pem = std::fs::read(&signer.key)
+        .with_context(|| format!("cannot read {}", signer.key.display()))?;
     let key = EncodingKey::from_rsa_pem(&pem)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = n.div_ceil(workers).max(1);
-    let parts: Vec<anyhow::Result<Vec<Case>>> = std::thread::scope(|s| {
+    let parts: Vec<anyhow::Result<Vec<T>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(chunk)
             .map(|start| {
                 let key = &key;
                 s.spawn(move || {
                     (start..(start + chunk).min(n))
-                        .map(|i| case(i, &args.issuer, key, &args.kid))
+                        .map(|i| make(i, &signer.issuer, key, &signer.kid))
                         .collect()
                 })
             })
@@ -256,6 +300,33 @@ fn corpus(n: usize, args: &RunArgs) -> anyhow::Result<Vec<Case>> {
         all.extend(part?);
     }
     Ok(all)
+}
+
+/// A fresh request id, in the UUID form Envoy uses, as header and as the request's id.
+fn stamp_request_id(request: &mut CheckRequest, i: usize) {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = *RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        run as u32,
+        (run >> 32) as u16,
+        (i >> 48) & 0xfff,
+        (i >> 36) & 0xfff,
+        i & 0xffff_ffff_ffff
+    );
+    if let Some(http) = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers.insert("x-request-id".into(), id.clone());
+        http.id = id;
+    }
 }
 
 fn status_of(resp: &CheckResponse) -> i32 {
@@ -369,6 +440,7 @@ async fn drive(
     for w in 0..args.concurrency.max(1) {
         let channel = channels[w % channels.len()].clone();
         let (cases, next, expect) = (cases.clone(), next.clone(), args.expect);
+        let request_ids = args.request_ids;
         let mut pace = (args.rate > 0.0).then(|| {
             let workers = args.concurrency.max(1);
             let every = Duration::from_secs_f64(workers as f64 / args.rate);
@@ -391,8 +463,12 @@ async fn drive(
                     break;
                 }
                 let case = &cases[i % cases.len()];
+                let mut request = case.request.clone();
+                if request_ids {
+                    stamp_request_id(&mut request, i);
+                }
                 let t = Instant::now();
-                let result = client.check(case.request.clone()).await;
+                let result = client.check(request).await;
                 let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
                 match result {
                     Ok(resp) => {
