@@ -107,7 +107,7 @@ print(f"envoy + onbehalf            : {authz[0]:8.0f} req/s  p99 {authz[1]:.0f} 
 print(f"onbehalf vs no ext_authz: throughput {authz[0]/plain[0]:.2f}x, p99 {authz[1]/plain[1]:.2f}x")
 print(f"onbehalf vs no-op server: throughput {authz[0]/noop[0]:.2f}x, p99 {authz[1]/noop[1]:.2f}x")
 h0, m0, h1, m1 = map(int, open("target/bench/e2e-hits.txt").read().split())
-print(f"decision cache through Envoy (fresh x-request-id each): hit ratio {(h1-h0)/max(h1-h0+m1-m0,1):.3f} "
+print(f"decision cache through Envoy (fresh x-request-id each): hit ratio {(h1-h0)/max(h1-h0+m1-m0,1):.4f} "
       f"({h1-h0} hits, {m1-m0} misses)")
 h, m, hwm, rss = map(int, open("target/bench/e2e-memory.txt").read().split())
 print(f"memory through Envoy: {h+m} checks, {m} distinct decisions; peak RSS {hwm/1024:.1f} MiB, "

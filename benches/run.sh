@@ -138,12 +138,12 @@ def hit_ratio(name):
     h = j[f"hits-{name}"]
     hits, misses = h["after"][0] - h["before"][0], h["after"][1] - h["before"][1]
     return hits / max(hits + misses, 1)
-print(f"  shipped policy hot: decision-cache hit ratio {hit_ratio('onbehalf-hot-1'):.3f}")
+print(f"  shipped policy hot: decision-cache hit ratio {hit_ratio('onbehalf-hot-1'):.4f}")
 noop1 = j["noop-hot-1"]["throughput_rps"]
 for p in ("aliased", "spelled"):
     hot = j[f"{p}-hot-1"]
     print(f"  {p:8} policy hot : {hot['throughput_rps']:8.0f} req/s  p99 {hot['p99_us']} us   "
-          f"throughput {hot['throughput_rps']/noop1:.2f}x the no-op  hit ratio {hit_ratio(p + '-hot-1'):.3f}")
+          f"throughput {hot['throughput_rps']/noop1:.2f}x the no-op  hit ratio {hit_ratio(p + '-hot-1'):.4f}")
 print(f"  aliased vs spelled, hot: {j['aliased-hot-1']['throughput_rps']/j['spelled-hot-1']['throughput_rps']:.2f}x")
 cold = j["aliased-cold-1"]
 print(f"  aliased  policy cold: {cold['throughput_rps']:8.0f} req/s  p99 {cold['p99_us']} us   "

@@ -95,3 +95,57 @@ fn digest_keys_hash_by_their_leading_bytes() {
     assert_eq!(DigestState.hash_one(a), DigestState.hash_one(a));
     assert_ne!(DigestState.hash_one(a), DigestState.hash_one(b));
 }
+
+/// moka admits a new entry into a full cache only when its estimated frequency beats the
+/// entry it would evict (TinyLFU). Decisions that can never hit — a policy reading a value
+/// that is new on every request — are seen once each: a flood of them, ten times the
+/// capacity, with the useful entries read as often as a busy sidecar reads them, leaves the
+/// useful entries in place.
+#[test]
+fn one_time_keys_do_not_evict_useful_decisions() {
+    let exp = Some(
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("time")
+                .as_secs(),
+        )
+        .expect("fits")
+            + 3600,
+    );
+    let mut config = settings(Duration::from_secs(600));
+    config.max_entries = 1_000;
+    let cache = DecisionCache::<u32>::new(&config);
+    let useful: Vec<Digest> = (0..500)
+        .map(|i| sha256(format!("useful-{i}").as_bytes()))
+        .collect();
+    let read = |k: &Digest| {
+        if cache.get(1, k).is_none() {
+            cache.insert(*k, 1, None, exp);
+        }
+    };
+    for _ in 0..4 {
+        useful.iter().for_each(read);
+    }
+    cache.run_pending_tasks();
+    // The flood: 10,000 keys seen once, one useful read for every four of them.
+    let (mut hits, mut reads) = (0, 0);
+    for j in 0..10_000 {
+        read(&sha256(format!("once-{j}").as_bytes()));
+        if j % 4 == 0 {
+            let k = &useful[(j / 4) % useful.len()];
+            reads += 1;
+            hits += usize::from(cache.get(1, k).is_some());
+            read(k);
+        }
+    }
+    cache.run_pending_tasks();
+    let kept = useful.iter().filter(|k| cache.get(1, k).is_some()).count();
+    eprintln!(
+        "useful decisions kept: {kept} of 500; hit ratio of useful reads during the flood: {:.3}; entries: {}",
+        hits as f64 / reads as f64,
+        cache.entry_count()
+    );
+    assert!(kept >= 450, "{kept} of 500 kept");
+    assert!(hits * 10 >= reads * 9, "{hits} hits of {reads}");
+}
