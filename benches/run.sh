@@ -3,7 +3,7 @@
 # and for two serving threads, the no-op ext_authz server (the ceiling on this machine) and
 # onbehalf with the hot and cold corpora, and peak memory; an OPA-Envoy-style policy (names
 # bound to the request, benches/policies/aliased.rego) next to the same policy spelled out;
-# then memory under a one-minute flood of unique tokens. Every request carries a fresh
+# then memory under a one-minute flood of unique tokens, valid and forged. Every request carries a fresh
 # x-request-id, as Envoy stamps them (the load tool's default).
 #
 #   benches/run.sh            # writes target/bench/*.json and prints a summary
@@ -104,12 +104,13 @@ $load run --target 127.0.0.1:9191 --corpus cold --duration 600s --requests "$COL
 kill $ob; wait $ob 2>/dev/null || true
 
 # 4. A flood of unique tokens for a minute on the default threads: 120,000 tokens (12x the
-#    token cache) cycled, RSS sampled every 5 s must level off (bounded caches).
+#    token cache) cycled, every second one with a broken signature (a 401, never cached),
+#    RSS sampled every 5 s must level off (bounded caches).
 $bin serve --config benches/bench.yaml 2>/dev/null & ob=$!
 wait_port 9191
 samples=()
 $load run --target 127.0.0.1:9191 --corpus cold --duration "${FLOOD_SECONDS}s" --requests 100000000 \
-  --corpus-size 120000 --warmup 0 --label flood > "$out/flood.log" 2>&1 &
+  --corpus-size 120000 --forged-every 2 --warmup 0 --label flood > "$out/flood.log" 2>&1 &
 flood=$!
 # The flood signs its tokens first; sample once it is sending.
 while ! grep -q "corpus:" "$out/flood.log" 2>/dev/null; do sleep 1; done

@@ -26,6 +26,12 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
+    if authz.readiness().is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n".to_string(),
+        );
+    }
     let waiting = authz.readiness().waiting();
     if waiting.is_empty() {
         return (StatusCode::OK, "ready\n".to_string());

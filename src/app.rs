@@ -51,6 +51,8 @@ pub struct Running {
     pub exchange_addr: Option<SocketAddr>,
     pub authorizer: Arc<Authorizer>,
     shutdown: watch::Sender<bool>,
+    /// Turns true when shutdown begins, before `shutdown`: health reports NOT_SERVING.
+    draining: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
     /// Why a server ended, sent when it does (asked to or not).
@@ -218,6 +220,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     load_file_keys(&authorizer).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (draining, draining_rx) = watch::channel(false);
     let mut background = Vec::new();
     // The policy loads (and reloads) in the background; until the first load succeeds the
     // server is not ready and answers 503.
@@ -247,7 +250,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     background.push(tokio::spawn(report_ready(
         authorizer.clone(),
         health.clone(),
-        shutdown_rx.clone(),
+        draining_rx,
     )));
 
     let admin_listener = tokio::net::TcpListener::bind(config.server.admin_addr)
@@ -373,13 +376,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         exchange_addr,
         authorizer,
         shutdown,
+        draining,
         tasks,
         background,
         exited,
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then drains for at most `server.shutdown_grace`.
+/// Runs until SIGTERM or SIGINT; then reports not ready and answers on for
+/// `server.shutdown_delay`, and drains for at most `server.shutdown_grace`.
 /// A server that ends on its own stops the process with an error, so that the orchestrator
 /// restarts it rather than leave it half serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -392,8 +397,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("{why}");
         }
     }
-    tracing::info!("Shutting down; draining in-flight requests");
-    running.stop(config.server.shutdown_grace.0).await
+    tracing::info!(
+        delay = ?config.server.shutdown_delay.0,
+        "Shutting down: not ready from now on; still answering until the delay is over"
+    );
+    running
+        .drain(
+            config.server.shutdown_delay.0,
+            config.server.shutdown_grace.0,
+        )
+        .await
 }
 
 // === impl Running ===
@@ -408,8 +421,21 @@ impl Running {
         }
     }
 
+    /// Shuts down as a pod should: `/readyz` answers 503 and gRPC health NOT_SERVING at once,
+    /// while checks are still answered for `delay` (Envoy and the Kubernetes endpoints move
+    /// away meanwhile); then `stop`.
+    pub async fn drain(self, delay: Duration, grace: Duration) -> anyhow::Result<()> {
+        self.authorizer.readiness().set_draining();
+        let _ = self.draining.send(true);
+        tokio::time::sleep(delay).await;
+        tracing::info!("Draining in-flight requests");
+        self.stop(grace).await
+    }
+
     /// Stops accepting, lets in-flight requests finish within `grace`, and returns.
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        self.authorizer.readiness().set_draining();
+        let _ = self.draining.send(true);
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(grace, async {
             let mut result = Ok(());
@@ -500,7 +526,8 @@ async fn watch_signing_key(keys: Arc<KeyRing>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// Flips the gRPC health status to SERVING once ready; NOT_SERVING again on shutdown.
+/// Flips the gRPC health status to SERVING once ready; NOT_SERVING again as soon as
+/// shutdown begins (`stop` is the draining signal).
 async fn report_ready(
     authorizer: Arc<Authorizer>,
     health: tonic_health::server::HealthReporter,

@@ -188,7 +188,10 @@ pub struct ServerConfig {
     pub grpc_addr: ListenAddr,
     /// `host:port` of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    /// After SIGTERM/SIGINT: how long checks are still answered, not ready, before the
+    /// listeners close.
+    pub shutdown_delay: Interval,
+    /// How long in-flight requests may take to finish once the listeners close.
     pub shutdown_grace: Interval,
     /// Threads answering checks, each serving whole connections; 0 means one per CPU core.
     pub worker_threads: usize,
@@ -894,6 +897,7 @@ impl Default for ServerConfig {
         ServerConfig {
             grpc_addr: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191))),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            shutdown_delay: Interval(Duration::from_secs(2)),
             shutdown_grace: Interval(Duration::from_secs(5)),
             worker_threads: 0,
         }

@@ -1,6 +1,7 @@
 //! Readiness as a latch over named dependencies: not ready until every dependency (the
 //! policy, each issuer's keys) has loaded once; ready from then on, whatever happens to them
-//! later (a failed reload keeps the last good policy and keys serving), so it never flaps.
+//! later (a failed reload keeps the last good policy and keys serving), so it never flaps —
+//! until shutdown begins: then not ready for good, while checks are still answered.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The latch and what it waits for.
 pub struct Readiness {
     ready: AtomicBool,
+    /// Shutdown has begun: not ready, whatever the dependencies say.
+    draining: AtomicBool,
     dependencies: Vec<Dependency>,
 }
 
@@ -25,12 +28,25 @@ impl Readiness {
     pub fn new(dependencies: Vec<Dependency>) -> Readiness {
         Readiness {
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             dependencies,
         }
     }
 
-    /// True once every dependency has loaded; then true for good.
+    /// Shutdown has begun: not ready from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// True once every dependency has loaded; then true for good, until shutdown begins.
     pub fn is_ready(&self) -> bool {
+        if self.is_draining() {
+            return false;
+        }
         if self.ready.load(Ordering::Acquire) {
             return true;
         }
@@ -43,7 +59,7 @@ impl Readiness {
 
     /// What readiness still waits for, each with the reason when known.
     pub fn waiting(&self) -> Vec<String> {
-        if self.is_ready() {
+        if self.ready.load(Ordering::Acquire) {
             return Vec::new();
         }
         self.dependencies

@@ -390,7 +390,8 @@ async fn delegation_through_envoy() {
         assert_eq!(body["error"], "access_denied", "{name}");
     }
 
-    // SIGTERM: onbehalf drains and exits cleanly.
+    // SIGTERM: onbehalf reports not ready at once and goes on answering through Envoy for
+    // `server.shutdown_delay` (2 s by default), then drains and exits cleanly.
     let mut onbehalf = onbehalf;
     let pid = onbehalf.0.id().to_string();
     let status = Command::new("kill")
@@ -398,6 +399,28 @@ async fn delegation_through_envoy() {
         .status()
         .expect("kill");
     assert!(status.success());
+    let mut readyz = 200;
+    for _ in 0..50 {
+        readyz = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        if readyz == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readyz, 503, "/readyz turns 503 first");
+    for _ in 0..5 {
+        let resp = send(
+            reqwest::Method::POST,
+            "/flights/bookings",
+            Some(&token),
+            &[],
+        )
+        .await
+        .expect("request");
+        assert_eq!(resp.status(), 200, "still answered while not ready");
+    }
     let mut exited = None;
     for _ in 0..200 {
         if let Some(st) = onbehalf.0.try_wait().expect("wait") {

@@ -546,3 +546,100 @@ async fn malformed_requests_are_denied_not_errors() {
     assert_eq!(r.status, 400);
     s.stop().await;
 }
+
+/// Shutdown under load, as in a pod: `/readyz` answers 503 and gRPC health NOT_SERVING first,
+/// checks are still answered during `shutdown_delay` while the clients move away, and no
+/// request sees a transport error; then the listener closes.
+#[tokio::test]
+async fn shutdown_under_load_turns_unready_first_and_drops_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let s = sidecar(&idp).await;
+    let token = sign(
+        "rsa-1",
+        &delegation(&idp.issuer(), &["travel-agent"], "book_flight"),
+    );
+    let bearer = format!("Bearer {token}");
+    let request = check_request("POST", "/flights/bookings", &[("authorization", &bearer)]);
+    let onbehalf::config::ListenAddr::Tcp(grpc_addr) = s.running.grpc_addr.clone() else {
+        panic!("tcp");
+    };
+    let admin = s.running.admin_addr;
+    // Eight clients on connections of their own (as Envoy's workers), each checking in a loop
+    // until it has seen readiness gone and then sent 20 more, as a client that is moved away
+    // keeps sending for a moment.
+    let unready = Arc::new(AtomicBool::new(false));
+    let answered_after = Arc::new(AtomicU32::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = AuthorizationClient::connect(format!("http://{grpc_addr}"))
+            .await
+            .expect("connect");
+        let (request, unready, after) = (request.clone(), unready.clone(), answered_after.clone());
+        clients.push(tokio::spawn(async move {
+            let mut more = 20;
+            loop {
+                let was_unready = unready.load(Ordering::SeqCst);
+                let reply = client
+                    .check(request.clone())
+                    .await
+                    .expect("no transport error while shutting down")
+                    .into_inner();
+                assert_eq!(
+                    reply.status.map(|s| s.code),
+                    Some(tonic::Code::Ok as i32),
+                    "allowed while shutting down"
+                );
+                if was_unready {
+                    after.fetch_add(1, Ordering::SeqCst);
+                    more -= 1;
+                    if more == 0 {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let Sidecar { running, client: _ } = s;
+    let drain = tokio::spawn(running.drain(Duration::from_millis(1500), Duration::from_secs(2)));
+    // Readiness goes first: /readyz 503 and health NOT_SERVING, while checks pass.
+    let mut readyz = 200;
+    for _ in 0..100 {
+        readyz = reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .expect("the admin server still answers")
+            .status()
+            .as_u16();
+        if readyz == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readyz, 503, "/readyz turns 503 when shutdown begins");
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{grpc_addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the gRPC listener is still open");
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(status.status, ServingStatus::NotServing as i32);
+    unready.store(true, Ordering::SeqCst);
+
+    for c in clients {
+        c.await.expect("every client's checks were answered");
+    }
+    assert_eq!(answered_after.load(Ordering::SeqCst), 8 * 20);
+    drain.await.expect("drain task").expect("a clean drain");
+    assert!(
+        tokio::net::TcpStream::connect(grpc_addr).await.is_err(),
+        "the listener is closed after the drain"
+    );
+}

@@ -95,6 +95,9 @@ struct RunArgs {
     /// Distinct tokens of the cold corpus, cycled (default: one per request, none repeated).
     #[arg(long)]
     corpus_size: Option<usize>,
+    /// Break the signature of every Nth token (0: none): those are answered 401.
+    #[arg(long, default_value_t = 0)]
+    forged_every: usize,
     #[command(flatten)]
     signer: SignerArgs,
     /// Stamp every request with a fresh `x-request-id` (and request id), as Envoy does.
@@ -227,12 +230,25 @@ fn request(token: &str, method: &str, path: &str) -> CheckRequest {
 /// denied by policy (an agent without the capability). `i` is in the subject and in a scope,
 /// which the shipped policy reads: every token is new to the token cache, and every request
 /// new to the decision cache (verify and evaluate each time).
-fn case(i: usize, issuer: &str, key: &EncodingKey, kid: &str) -> anyhow::Result<Case> {
+fn case(i: usize, token: &str) -> Case {
     let allowed = !i.is_multiple_of(5);
-    Ok(Case {
-        request: request(&token(i, issuer, key, kid)?, "POST", "/flights/bookings"),
+    Case {
+        request: request(token, "POST", "/flights/bookings"),
         expect: if allowed { 200 } else { 403 },
-    })
+    }
+}
+
+/// Case `i` with its token's signature broken: a 401.
+fn forged(token: &str) -> Case {
+    let mut forged = token.to_string();
+    // The last signature character changes; the header and claims stay readable.
+    let last = if forged.ends_with('A') { "B" } else { "A" };
+    forged.pop();
+    forged.push_str(last);
+    Case {
+        request: request(&forged, "POST", "/flights/bookings"),
+        expect: 401,
+    }
 }
 
 /// The token of case `i`.
@@ -261,7 +277,15 @@ fn print_tokens(count: usize, signer: &SignerArgs) -> anyhow::Result<()> {
 
 /// Signs `n` cases on every core.
 fn corpus(n: usize, args: &RunArgs) -> anyhow::Result<Vec<Case>> {
-    sign_all(n, &args.signer, case)
+    let tokens = sign_all(n, &args.signer, token)?;
+    Ok(tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match args.forged_every {
+            k if k > 0 && i.is_multiple_of(k) => forged(t),
+            _ => case(i, t),
+        })
+        .collect())
 }
 
 /// `make(i, ..)` for `i` in `0..n`, on every core.

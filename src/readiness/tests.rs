@@ -30,3 +30,13 @@ fn ready_once_every_dependency_loaded_then_latched() {
     assert!(r.is_ready());
     assert!(r.waiting().is_empty());
 }
+
+#[test]
+fn not_ready_for_good_once_draining() {
+    let r = Readiness::new(vec![Dependency::new("the policy", || true, || None)]);
+    assert!(r.is_ready());
+    r.set_draining();
+    assert!(!r.is_ready());
+    assert!(r.is_draining());
+    assert!(r.waiting().is_empty(), "every dependency has loaded");
+}
