@@ -138,6 +138,8 @@ struct Analysis<'m> {
     /// The parameters of the functions being summarised, innermost last.
     frames: Vec<Summary>,
     recording: bool,
+    /// Rules and functions being analysed inside one another.
+    nesting: usize,
     paths: Vec<Path>,
     nondeterministic: Vec<String>,
 }
@@ -149,6 +151,7 @@ enum Import {
 }
 
 /// One step of a reference: a field known before evaluation, or an expression.
+#[derive(Clone)]
 enum Step<'e> {
     Static(Segment),
     Dynamic(&'e Expr),
@@ -164,30 +167,51 @@ impl<'m> Analysis<'m> {
             summaries: HashMap::new(),
             frames: Vec::new(),
             recording: true,
+            nesting: 0,
             paths: Vec::new(),
             nondeterministic: Vec::new(),
         };
         for (index, module) in modules.iter().enumerate() {
-            let package: Vec<String> = dotted(&module.package.refr)
-                .map(|p| {
-                    let p = p.strip_prefix("data.").unwrap_or(&p).to_string();
-                    p.split('.').map(String::from).collect()
-                })
-                .unwrap_or_default();
+            // Paths from their components, never a dotted string split again: a key may
+            // hold a dot (`filterMetadata["envoy.filters.http.jwt_authn"]`).
+            let mut package = static_path(&module.package.refr).unwrap_or_default();
+            if package.first().is_some_and(|p| p == "data") {
+                package.remove(0);
+            }
             let mut imports = HashMap::new();
             for import in &module.imports {
-                let Some(path) = dotted(&import.refr) else {
+                let Some((Expr::Var { value, .. }, steps)) = ref_steps(&import.refr) else {
                     continue;
                 };
-                let mut parts: Vec<String> = path.split('.').map(String::from).collect();
-                let name = match &import.r#as {
-                    Some(span) => span.text().to_string(),
-                    None => parts.last().cloned().unwrap_or_default(),
+                let root = value.as_string().map(|r| r.to_string()).unwrap_or_default();
+                let segments: Option<Vec<Segment>> = steps
+                    .into_iter()
+                    .map(|s| match s {
+                        Step::Static(seg) => Some(seg),
+                        Step::Dynamic(_) => None,
+                    })
+                    .collect();
+                let Some(segments) = segments else {
+                    a.paths.push(Vec::new()); // an import that cannot be followed
+                    continue;
                 };
-                let root = parts.remove(0);
+                let name = match (&import.r#as, segments.last()) {
+                    (Some(span), _) => span.text().to_string(),
+                    (None, Some(Segment::Key(k))) => k.clone(),
+                    (None, Some(Segment::Index(i))) => i.to_string(),
+                    (None, None) => root.clone(),
+                };
                 let target = match root.as_str() {
-                    "input" => Import::Input(parts.into_iter().map(Segment::Key).collect()),
-                    "data" => Import::Data(parts),
+                    "input" => Import::Input(segments),
+                    "data" => Import::Data(
+                        segments
+                            .into_iter()
+                            .map(|s| match s {
+                                Segment::Key(k) => k,
+                                Segment::Index(i) => i.to_string(),
+                            })
+                            .collect(),
+                    ),
                     _ => continue, // rego.v1, future.keywords
                 };
                 imports.insert(name, target);
@@ -304,10 +328,21 @@ impl<'m> Analysis<'m> {
             }
         }
         self.recording = recording;
-        alias.sort();
-        alias.dedup();
+        let alias = self.capped(alias);
         self.rule_aliases
             .insert(key.to_vec(), Memo::Done(alias.clone()));
+        alias
+    }
+
+    /// `alias` deduplicated; past `MAX_ALIAS` paths or `MAX_PATH` steps it is not followed
+    /// (the whole input is read), so that chains that double it cannot grow without bound.
+    fn capped(&mut self, mut alias: Alias) -> Alias {
+        alias.sort();
+        alias.dedup();
+        if alias.len() > MAX_ALIAS || alias.iter().any(|(_, p)| p.len() > MAX_PATH) {
+            self.give_up();
+            return Alias::new();
+        }
         alias
     }
 
@@ -360,6 +395,23 @@ impl<'m> Analysis<'m> {
     /// Records what one definition reads and returns what its value may alias (for a
     /// function, `arity` is set and the value's reads are recorded by the caller).
     fn analyse_rule(
+        &mut self,
+        module: usize,
+        rule: &'m Rule,
+        kind: Kind,
+        arity: Option<usize>,
+    ) -> Alias {
+        if self.nesting > MAX_DEPTH {
+            self.give_up();
+            return Alias::new();
+        }
+        self.nesting += 1;
+        let alias = self.analyse_rule_body(module, rule, kind, arity);
+        self.nesting -= 1;
+        alias
+    }
+
+    fn analyse_rule_body(
         &mut self,
         module: usize,
         rule: &'m Rule,
@@ -577,6 +629,21 @@ impl<'m> Analysis<'m> {
     fn record_query(&mut self, query: &'m Query, scope: &Scope) {
         for stmt in &query.stmts {
             for m in &stmt.with_mods {
+                // Replacing part of `input` is followed (target and value read whole);
+                // replacing a rule or a function (`with data.x as v`, `with f as g`) is not.
+                let on_input = matches!(
+                    ref_steps(&m.refr),
+                    Some((Expr::Var { value, .. }, _)) if value.as_string().is_ok_and(|v| v.as_ref() == "input")
+                );
+                if !on_input {
+                    self.give_up();
+                }
+                if let Some(name) = dotted(&m.r#as)
+                    && NONDETERMINISTIC.contains(&name.as_str())
+                    && !self.nondeterministic.contains(&name)
+                {
+                    self.nondeterministic.push(name);
+                }
                 let target = self.eval(&m.refr, scope, 0);
                 self.use_whole(&target);
                 let value = self.eval(&m.r#as, scope, 0);
@@ -612,7 +679,7 @@ impl<'m> Analysis<'m> {
                         // defined counts; a global name compares with it.
                         let whole = scope.binders.get(name).copied().unwrap_or(0) > 1
                             || scope.uses.get(name).copied().unwrap_or(0) == 0
-                            || self.global(scope.module, name).is_some();
+                            || !self.globals(scope.module, name).is_empty();
                         if whole {
                             self.use_whole(&alias);
                         }
@@ -736,34 +803,42 @@ impl<'m> Analysis<'m> {
             _ => {}
         }
         let local = scope.locals.get(name).cloned();
-        let global = self.global(scope.module, name);
+        let globals = self.globals(scope.module, name);
         let mut out = Alias::new();
         if let Some(alias) = &local {
             out.extend(self.apply(alias.clone(), steps, scope, depth));
         }
-        match global {
-            Some(Import::Input(path)) => {
-                out.extend(self.apply(vec![(Root::Input, path)], steps, scope, depth));
+        // A name that is both an import and a rule (or a local): every meaning is followed.
+        for global in &globals {
+            match global {
+                Import::Input(path) => {
+                    out.extend(self.apply(vec![(Root::Input, path.clone())], steps, scope, depth));
+                }
+                Import::Data(path) => out.extend(self.data_ref(path.clone(), steps, scope, depth)),
             }
-            Some(Import::Data(path)) => out.extend(self.data_ref(path, steps, scope, depth)),
-            None if local.is_none() => {
-                // A variable bound by iteration or unification: derived, already recorded.
-                out.extend(self.apply(Alias::new(), steps, scope, depth));
-            }
-            None => {}
+        }
+        if local.is_none() && globals.is_empty() {
+            // A variable bound by iteration or unification: derived, already recorded.
+            out.extend(self.apply(Alias::new(), steps, scope, depth));
         }
         out
     }
 
-    /// What the module's `name` stands for outside the rule: an import, or a rule of its
-    /// package (as a `data` path).
-    fn global(&self, module: usize, name: &str) -> Option<Import> {
-        if let Some(import) = self.imports.get(module)?.get(name) {
-            return Some(import.clone());
+    /// What the module's `name` stands for outside the rule: an import, a rule of its
+    /// package (as a `data` path), or both.
+    fn globals(&self, module: usize, name: &str) -> Vec<Import> {
+        let mut out = Vec::new();
+        if let Some(import) = self.imports.get(module).and_then(|i| i.get(name)) {
+            out.push(import.clone());
         }
-        let mut path = self.packages.get(module)?.clone();
-        path.push(name.to_string());
-        self.has_rules_at(&path).then_some(Import::Data(path))
+        if let Some(package) = self.packages.get(module) {
+            let mut path = package.clone();
+            path.push(name.to_string());
+            if self.has_rules_at(&path) {
+                out.push(Import::Data(path));
+            }
+        }
+        out
     }
 
     /// Whether a rule is at `path` or below it.
@@ -774,49 +849,75 @@ impl<'m> Analysis<'m> {
             .is_some_and(|(k, _)| k.starts_with(path))
     }
 
-    /// `data` at `path`, then `steps`.
+    /// `data` at `prefix`, then `steps`, walked from the root as regorus resolves it: the
+    /// deepest rule on the path gives the value (a rule higher up is read whole too, and a
+    /// document holding rules is read whole when used as such); base data and paths no rule
+    /// is on are the same for every request.
     fn data_ref(
         &mut self,
-        mut path: Vec<String>,
+        prefix: Vec<String>,
         steps: &[Step<'m>],
         scope: &Scope,
         depth: usize,
     ) -> Alias {
+        let all: Vec<Step<'m>> = prefix
+            .into_iter()
+            .map(|k| Step::Static(Segment::Key(k)))
+            .chain(steps.iter().cloned())
+            .collect();
+        let mut path: Vec<String> = Vec::new();
         let mut i = 0;
         loop {
-            let rest = steps.get(i..).unwrap_or_default();
+            let rest = all.get(i..).unwrap_or_default();
+            let next = match all.get(i) {
+                Some(Step::Static(Segment::Key(k))) => Some(k.clone()),
+                _ => None,
+            };
+            let deeper = next.as_ref().is_some_and(|k| {
+                let mut p = path.clone();
+                p.push(k.clone());
+                self.has_rules_at(&p)
+            });
             if self.rules.contains_key(&path) {
                 let alias = match self.is_function(&path) {
                     true => Alias::new(),
                     false => self.rule_alias(&path),
                 };
-                return self.apply(alias, rest, scope, depth);
-            }
-            if !self.has_rules_at(&path) {
+                if !deeper {
+                    if next.is_none() {
+                        // Used as a document: the rules below it are in its value too.
+                        self.use_rules_below(&path, false);
+                    }
+                    return self.apply(alias, rest, scope, depth);
+                }
+                // A rule further down the path answers; this one may too.
+                self.use_whole(&alias);
+            } else if !self.has_rules_at(&path) {
                 // Base data, or nothing: the same for every request.
                 return self.apply(Alias::new(), rest, scope, depth);
+            } else if next.is_none() {
+                // A document holding rules is used as a whole: every rule in it is.
+                self.use_rules_below(&path, true);
+                return self.apply(Alias::new(), rest, scope, depth);
             }
-            match steps.get(i) {
-                Some(Step::Static(Segment::Key(k))) => {
-                    path.push(k.clone());
-                    i += 1;
-                }
-                _ => {
-                    // A document holding rules is used as a whole: every rule in it is.
-                    let below: Vec<Vec<String>> = self
-                        .rules
-                        .range(path.clone()..)
-                        .take_while(|(k, _)| k.starts_with(&path))
-                        .filter(|(_, defs)| defs.iter().all(|d| d.kind != Kind::Function))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in below {
-                        let alias = self.rule_alias(&key);
-                        self.use_whole(&alias);
-                    }
-                    return self.apply(Alias::new(), rest, scope, depth);
-                }
-            }
+            path.push(next.unwrap_or_default());
+            i += 1;
+        }
+    }
+
+    /// Every rule below `path` (and at it, when `inclusive`) used whole.
+    fn use_rules_below(&mut self, path: &[String], inclusive: bool) {
+        let below: Vec<Vec<String>> = self
+            .rules
+            .range(path.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(path))
+            .filter(|(k, _)| inclusive || k.len() > path.len())
+            .filter(|(_, defs)| defs.iter().all(|d| d.kind != Kind::Function))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in below {
+            let alias = self.rule_alias(&key);
+            self.use_whole(&alias);
         }
     }
 
@@ -853,9 +954,16 @@ impl<'m> Analysis<'m> {
         depth: usize,
     ) -> Alias {
         let name = dotted(fcn).unwrap_or_default();
-        if let Some(key) = self.user_function(scope.module, &name)
-            && !BUILTINS.contains_key(name.as_str())
-        {
+        let user = self.user_function(scope.module, &name);
+        if user.is_some() && BUILTINS.contains_key(name.as_str()) {
+            // A user function named like a builtin: which one runs is not assumed.
+            for param in params {
+                let alias = self.eval(param, scope, depth);
+                self.use_whole(&alias);
+            }
+            return Alias::new();
+        }
+        if let Some(key) = user {
             let summary = self.function_summary(&key);
             for (i, param) in params.iter().enumerate() {
                 let alias = self.eval(param, scope, depth);
@@ -888,7 +996,7 @@ impl<'m> Analysis<'m> {
                 path.extend(keys.iter().cloned());
             }
             alias.extend(self.eval(default, scope, depth));
-            return alias;
+            return self.capped(alias);
         }
         if NONDETERMINISTIC.contains(&name.as_str()) && !self.nondeterministic.contains(&name) {
             self.nondeterministic.push(name);
@@ -1016,6 +1124,21 @@ fn head_path(refr: &Expr) -> (Vec<String>, bool) {
         }
     }
     (path, true)
+}
+
+/// A reference made of a name and static string keys, as its components.
+fn static_path(expr: &Expr) -> Option<Vec<String>> {
+    let (Expr::Var { value, .. }, steps) = ref_steps(expr)? else {
+        return None;
+    };
+    let mut path = vec![value.as_string().ok()?.to_string()];
+    for step in steps {
+        match step {
+            Step::Static(Segment::Key(k)) => path.push(k),
+            _ => return None,
+        }
+    }
+    Some(path)
 }
 
 /// `"k"` or `["a", "b"]` as path segments.
