@@ -49,7 +49,7 @@ for _ in range(400):
         if urllib.request.urlopen("http://127.0.0.1:8181/readyz", timeout=1).status == 200: break
     except Exception: time.sleep(0.05)'
 $load run --target 127.0.0.1:9191 --corpus cold --corpus-size 20000 --warmup 0 \
-  --rate "$RATE" --duration "${SOAK_SECONDS}s" --requests 1000000000 --label soak \
+  --rate "$RATE" --duration "${SOAK_SECONDS}s" --requests 1000000000 --label soak --timeline \
   > "$out/soak-load.json" 2> "$out/soak-load.log" & soak=$!
 while ! grep -q "corpus:" "$out/soak-load.log" 2>/dev/null; do sleep 1; done
 
@@ -79,6 +79,13 @@ mib = [round(s / 1024, 1) for s in soak["samples"]]
 print(f"soak: {load['requests']} requests in {load['duration_s']:.0f}s ({load['throughput_rps']:.0f} req/s); "
       f"p50 {load['p50_us']} us p99 {load['p99_us']} us max {load['max_us']} us; "
       f"{load['errors']} errors, {load['mismatches']} unexpected decisions")
+seconds = [l.split() for l in (d / "soak-load.log").read_text().splitlines() if l.startswith("timeline ")]
+seconds = [{k: int(v) for k, v in (f.split("=") for f in l[1:])} for l in seconds]
+if seconds:
+    p50s = sorted(s["p50_us"] for s in seconds)
+    worst = sorted(seconds, key=lambda s: s["p99_us"])[-3:]
+    print(f"      per second: p50 from {p50s[0]} to {p50s[-1]} us (median {p50s[len(p50s) // 2]}); "
+          f"worst p99 seconds: " + ", ".join(f"{s['second']}s {s['p99_us']} us" for s in worst))
 print(f"      {soak['swaps']} policy swaps and key-set rotations ({soak['policy_activations']} activations); "
       f"RSS every swap (MiB): {mib}; peak {soak['peak_rss_kib'] / 1024:.1f} MiB")
 sys.exit(1 if load["errors"] or load["mismatches"] or soak["load_exit"] else 0)

@@ -288,7 +288,13 @@ impl Authorizer {
         if let (Some(cache), Some(key)) = (cache, key) {
             // A decision is a function of the policy result: equal results share one.
             let interned = serde_json::to_vec(&result).ok().map(|json| sha256(&json));
-            cache.insert(key, decision.clone(), interned, auth.expires_at);
+            cache.insert(
+                snapshot.generation,
+                key,
+                decision.clone(),
+                interned,
+                auth.expires_at,
+            );
         }
         Ok(decision)
     }

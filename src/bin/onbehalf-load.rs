@@ -98,6 +98,10 @@ struct RunArgs {
     /// Break the signature of every Nth token (0: none): those are answered 401.
     #[arg(long, default_value_t = 0)]
     forged_every: usize,
+    /// Also print, on stderr, the latency of every second of the run (p50, p99, max):
+    /// when in a soak the slow requests happen.
+    #[arg(long)]
+    timeline: bool,
     #[command(flatten)]
     signer: SignerArgs,
     /// Stamp every request with a fresh `x-request-id` (and request id), as Envoy does.
@@ -364,6 +368,8 @@ fn status_of(resp: &CheckResponse) -> i32 {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
+    /// The second of the run each latency was measured in (only with `--timeline`).
+    seconds: Vec<u32>,
     allowed: u64,
     denied: u64,
     mismatches: u64,
@@ -403,6 +409,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tally = drive(&args, &channels, &cases, &next, limit, Some(deadline)).await;
     let elapsed = start.elapsed().as_secs_f64();
 
+    if args.timeline {
+        print_timeline(&tally);
+    }
     let mut lat = tally.latencies_us;
     lat.sort_unstable();
     let pct = |p: f64| -> u32 {
@@ -451,6 +460,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line per second of the run on stderr: requests, p50, p99 and max latency.
+fn print_timeline(tally: &Tally) {
+    let mut by_second: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for (second, us) in tally.seconds.iter().zip(&tally.latencies_us) {
+        by_second.entry(*second).or_default().push(*us);
+    }
+    for (second, mut lat) in by_second {
+        lat.sort_unstable();
+        let at = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+        eprintln!(
+            "timeline second={second} requests={} p50_us={} p99_us={} max_us={}",
+            lat.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
+}
+
 /// Runs `concurrency` workers taking cases from `next` until `limit` or `deadline`.
 async fn drive(
     args: &RunArgs,
@@ -461,10 +489,11 @@ async fn drive(
     deadline: Option<Instant>,
 ) -> Tally {
     let mut workers = Vec::new();
+    let started = Instant::now();
     for w in 0..args.concurrency.max(1) {
         let channel = channels[w % channels.len()].clone();
         let (cases, next, expect) = (cases.clone(), next.clone(), args.expect);
-        let request_ids = args.request_ids;
+        let (request_ids, timeline) = (args.request_ids, args.timeline);
         let mut pace = (args.rate > 0.0).then(|| {
             let workers = args.concurrency.max(1);
             let every = Duration::from_secs_f64(workers as f64 / args.rate);
@@ -508,6 +537,12 @@ async fn drive(
                     Err(_) => tally.errors += 1,
                 }
                 tally.latencies_us.push(us);
+                if timeline {
+                    let second = t.saturating_duration_since(started).as_secs();
+                    tally
+                        .seconds
+                        .push(u32::try_from(second).unwrap_or(u32::MAX));
+                }
             }
             tally
         }));
@@ -516,6 +551,7 @@ async fn drive(
     for w in workers {
         if let Ok(t) = w.await {
             total.latencies_us.extend(t.latencies_us);
+            total.seconds.extend(t.seconds);
             total.allowed += t.allowed;
             total.denied += t.denied;
             total.mismatches += t.mismatches;

@@ -51,6 +51,7 @@ fn a_decision_past_its_deadline_is_a_miss_and_is_dropped() {
     let cache = DecisionCache::new(&settings(Duration::from_millis(200)));
     let key = [7u8; 32];
     cache.insert(
+        0,
         key,
         Arc::new("a decision"),
         Some([1u8; 32]),
@@ -121,7 +122,7 @@ fn one_time_keys_do_not_evict_useful_decisions() {
         .collect();
     let read = |k: &Digest| {
         if cache.get(1, k).is_none() {
-            cache.insert(*k, 1, None, exp);
+            cache.insert(1, *k, 1, None, exp);
         }
     };
     for _ in 0..4 {
@@ -148,4 +149,29 @@ fn one_time_keys_do_not_evict_useful_decisions() {
     );
     assert!(kept >= 450, "{kept} of 500 kept");
     assert!(hits * 10 >= reads * 9, "{hits} hits of {reads}");
+}
+
+/// A new policy generation starts from empty caches; a request still on the older policy
+/// neither reads the newer entries nor writes into them, and never sends the cache back.
+#[test]
+fn a_new_generation_starts_empty_and_older_requests_do_not_go_back() {
+    let cache = DecisionCache::<u32>::new(&settings(Duration::from_secs(60)));
+    let key = [9u8; 32];
+    assert!(cache.get(1, &key).is_none());
+    cache.insert(1, key, 1, None, Some(in_an_hour()));
+    assert_eq!(cache.get(1, &key), Some(1));
+
+    assert!(cache.get(2, &key).is_none(), "generation 2 starts empty");
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0);
+
+    // A straggler on generation 1: a miss, and what it caches goes nowhere.
+    assert!(cache.get(1, &key).is_none());
+    cache.insert(1, key, 1, None, Some(in_an_hour()));
+    assert!(
+        cache.get(2, &key).is_none(),
+        "generation 1's insert was dropped"
+    );
+    cache.insert(2, key, 2, None, Some(in_an_hour()));
+    assert_eq!(cache.get(2, &key), Some(2), "still generation 2");
 }
