@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf as pbuf;
 use tonic::{Request, Response, Status};
 
 use crate::decision::{Decision, DenyReason};
@@ -42,15 +43,28 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
         Err(e) => authorizer.unreadable(e),
     };
     authorizer.metrics().record(&outcome.decision);
-    log_decision(request, &outcome, start);
-    let response = outcome.decision.to_check_response(&outcome.identity);
+    // As OPA-Envoy: every decision gets a fresh id, in the decision log line and in the
+    // response's dynamic metadata (Envoy's access log can print it), cached or not.
+    let decision_id = crate::ids::uuid_v4();
+    log_decision(request, &outcome, start, &decision_id);
+    let mut response = outcome.decision.to_check_response(&outcome.identity);
+    response
+        .dynamic_metadata
+        .get_or_insert_with(Default::default)
+        .fields
+        .insert(
+            "decision_id".into(),
+            pbuf::Value {
+                kind: Some(pbuf::value::Kind::StringValue(decision_id)),
+            },
+        );
     (response, outcome)
 }
 
 /// One line per decision. The path is logged without its query string (queries carry
 /// secrets too often), and never a token. A denial that is not the policy's own answer says
 /// why (`authz.detail`); failures that are onbehalf's, not the client's, log at warn.
-fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
+fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant, decision_id: &str) {
     let http = request
         .attributes
         .as_ref()
@@ -85,6 +99,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
             authz.minted = outcome.minted.is_some(),
             policy.revision = revision,
             authz.duration_us = micros,
+            authz.decision_id = decision_id,
             "Request allowed"
         );
         return;
@@ -104,6 +119,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant) {
                 authz.depth = outcome.depth,
                 policy.revision = revision,
                 authz.duration_us = micros,
+                authz.decision_id = decision_id,
                 "Request denied"
             )
         };

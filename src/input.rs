@@ -1,9 +1,12 @@
 //! CheckRequest -> `CheckInput` (validated once, at the edge) -> the Rego input document.
 //!
-//! The document is a superset of OPA-Envoy's: `attributes` in the protobuf JSON mapping
-//! (lowerCamelCase names, default values and empty maps left out, int64 as strings),
-//! `parsed_path`, `parsed_query`, `parsed_body`, `truncated_body`, `version`; then onbehalf's
-//! `subject`, `actor`, `delegation` and `token`. It is built as a `regorus::Value` directly.
+//! The document is OPA-Envoy's: `attributes` as OPA-Envoy writes a CheckRequest (every
+//! message's set fields by lowerCamelCase name, default values and empty maps left out,
+//! integers and enums as numbers, bytes in base64 — not protojson, whose int64 are strings),
+//! `parsed_path`, `parsed_query`, `parsed_body` (`null` when there is none),
+//! `truncated_body`, `source_principal`, `version`; then onbehalf's `subject`, `actor`,
+//! `delegation` and `token`. It is built as a `regorus::Value` directly. Where onbehalf
+//! differs on purpose is listed in docs/policies.md.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +33,10 @@ pub enum InputError {
     PathEncoding,
     #[error("the request body is not valid JSON")]
     Body,
+    #[error("the content-length header is not a number")]
+    ContentLength,
+    #[error("the multipart body is malformed: {0}")]
+    Multipart(&'static str),
 }
 
 /// The parts of a CheckRequest that onbehalf reads, validated. Borrows the request: nothing is
@@ -67,12 +74,13 @@ pub enum Segment {
 /// Top-level keys of the input document that come from the token.
 const TOKEN_KEYS: [&str; 4] = ["subject", "actor", "delegation", "token"];
 /// Top-level keys that come from the request.
-const REQUEST_KEYS: [&str; 6] = [
+const REQUEST_KEYS: [&str; 7] = [
     "attributes",
     "parsed_path",
     "parsed_query",
     "parsed_body",
     "truncated_body",
+    "source_principal",
     "version",
 ];
 
@@ -97,7 +105,8 @@ impl<'a> TryFrom<&'a CheckRequest> for CheckInput<'a> {
         let parsed_query = parse_query(query);
         let truncated_body = headers
             .get(PARTIAL_BODY_HEADER)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || shorter_than_declared(http, headers.get("content-length"))?;
         let parsed_body = match truncated_body {
             true => None,
             false => parse_body(http, headers.get("content-type").map(String::as_str))?,
@@ -164,8 +173,20 @@ impl CheckInput<'_> {
             "attributes" => Cow::Borrowed(self.attributes()),
             "parsed_path" => Cow::Borrowed(&self.parsed_path),
             "parsed_query" => Cow::Borrowed(&self.parsed_query),
-            "parsed_body" => Cow::Borrowed(self.parsed_body.as_ref()?),
+            // Always there, `null` when there is no body to parse (as OPA-Envoy writes it).
+            "parsed_body" => match &self.parsed_body {
+                Some(body) => Cow::Borrowed(body),
+                None => Cow::Owned(Value::Null),
+            },
             "truncated_body" => Cow::Owned(Value::from(self.truncated_body)),
+            "source_principal" => {
+                // Top level, as OPA-Envoy adds it, when the source has a principal.
+                let principal = &self.attrs.source.as_ref()?.principal;
+                if principal.is_empty() {
+                    return None;
+                }
+                Cow::Owned(Value::from(principal.as_str()))
+            }
             "version" => Cow::Borrowed(&*VERSION),
             _ => return None,
         })
@@ -457,8 +478,12 @@ fn parse_body(
     let mime = content_type
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase());
+    if mime.as_deref() == Some("multipart/form-data") {
+        return multipart::parse(bytes, content_type.unwrap_or_default());
+    }
     match mime.as_deref() {
-        Some("application/json") => {
+        // As OPA-Envoy matches it: `application/json-patch+json` is JSON too.
+        Some(m) if m.contains("application/json") => {
             let v: serde_json::Value =
                 serde_json::from_slice(bytes).map_err(|_| InputError::Body)?;
             Ok(Some(Value::from(v)))
@@ -468,6 +493,31 @@ fn parse_body(
         }
         _ => Ok(None),
     }
+}
+
+/// Whether the body Envoy sent is shorter than the request's `content-length`: Envoy cut it at
+/// `max_request_bytes` (`allow_partial_message`), and a prefix must never be judged as the
+/// whole body. No body sent at all is not a cut one (`with_request_body` is off). A
+/// `content-length` that is not a number is an error, as in OPA-Envoy; `-1` means unknown.
+fn shorter_than_declared(
+    http: &attribute_context::HttpRequest,
+    content_length: Option<&String>,
+) -> Result<bool, InputError> {
+    let sent = match http.raw_body.is_empty() {
+        true => http.body.len(),
+        false => http.raw_body.len(),
+    };
+    let Some(declared) = content_length else {
+        return Ok(false);
+    };
+    if sent == 0 {
+        return Ok(false);
+    }
+    let declared: i64 = declared
+        .trim()
+        .parse()
+        .map_err(|_| InputError::ContentLength)?;
+    Ok(declared != -1 && u64::try_from(declared).is_ok_and(|d| d > sent as u64))
 }
 
 /// Envoy sends headers as a map (names already lower-case), or as a list when
@@ -518,7 +568,15 @@ fn attributes(a: &AttributeContext, headers: &HashMap<String, String>) -> Value 
     if let Some(r) = &a.request {
         let mut req = BTreeMap::new();
         if let Some(t) = &r.time {
-            put(&mut req, "time", Value::from(rfc3339(t)));
+            // As OPA-Envoy writes a Timestamp: the message's fields, zero ones left out.
+            let mut time = BTreeMap::new();
+            if t.seconds != 0 {
+                put(&mut time, "seconds", Value::from(t.seconds));
+            }
+            if t.nanos != 0 {
+                put(&mut time, "nanos", Value::from(i64::from(t.nanos)));
+            }
+            put(&mut req, "time", Value::from(time));
         }
         if let Some(h) = &r.http {
             put(&mut req, "http", http_request(h, headers));
@@ -562,10 +620,30 @@ fn http_request(h: &attribute_context::HttpRequest, headers: &HashMap<String, St
     put_str(&mut m, "query", &h.query);
     put_str(&mut m, "fragment", &h.fragment);
     if h.size != 0 {
-        // int64 is a string in the protobuf JSON mapping.
-        put(&mut m, "size", Value::from(h.size.to_string()));
+        // A number, as OPA-Envoy writes it (not protojson's int64 string): `size > 100`
+        // compares numbers.
+        put(&mut m, "size", Value::from(h.size));
     }
     put_str(&mut m, "protocol", &h.protocol);
+    if let Some(map) = &h.header_map {
+        // The raw header list as Envoy sent it (`encode_raw_headers`), beside `headers`.
+        let mut hm = BTreeMap::new();
+        if !map.headers.is_empty() {
+            let list = map.headers.iter().map(|hv| {
+                let mut e = BTreeMap::new();
+                put_str(&mut e, "key", &hv.key);
+                put_str(&mut e, "value", &hv.value);
+                if !hv.raw_value.is_empty() {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&hv.raw_value);
+                    put(&mut e, "rawValue", Value::from(b64));
+                }
+                Value::from(e)
+            });
+            put(&mut hm, "headers", Value::from(list.collect::<Vec<_>>()));
+        }
+        put(&mut m, "headerMap", Value::from(hm));
+    }
     put_str(&mut m, "body", &h.body);
     if !h.raw_body.is_empty() {
         use base64::Engine as _;
@@ -581,7 +659,20 @@ fn peer(p: &attribute_context::Peer) -> Value {
         let inner = match addr {
             core::address::Address::SocketAddress(s) => {
                 let mut sa = BTreeMap::new();
+                if s.protocol != 0 {
+                    // An enum: its number, as OPA-Envoy writes it (UDP is 1).
+                    put(&mut sa, "protocol", Value::from(i64::from(s.protocol)));
+                }
                 put_str(&mut sa, "address", &s.address);
+                put_str(&mut sa, "resolverName", &s.resolver_name);
+                if s.ipv4_compat {
+                    put(&mut sa, "ipv4Compat", Value::from(true));
+                }
+                put_str(
+                    &mut sa,
+                    "networkNamespaceFilepath",
+                    &s.network_namespace_filepath,
+                );
                 match &s.port_specifier {
                     Some(core::socket_address::PortSpecifier::PortValue(port)) => {
                         put(&mut sa, "portValue", Value::from(u64::from(*port)));
@@ -601,8 +692,16 @@ fn peer(p: &attribute_context::Peer) -> Value {
                 }
                 ("pipe", Value::from(pm))
             }
-            core::address::Address::EnvoyInternalAddress(_) => {
-                ("envoyInternalAddress", Value::new_object())
+            core::address::Address::EnvoyInternalAddress(internal) => {
+                use core::envoy_internal_address::AddressNameSpecifier;
+                let mut im = BTreeMap::new();
+                if let Some(AddressNameSpecifier::ServerListenerName(name)) =
+                    &internal.address_name_specifier
+                {
+                    put_str(&mut im, "serverListenerName", name);
+                }
+                put_str(&mut im, "endpointId", &internal.endpoint_id);
+                ("envoyInternalAddress", Value::from(im))
             }
         };
         put(&mut m, "address", object([inner]));
@@ -624,6 +723,29 @@ fn metadata(md: &core::Metadata) -> Value {
                 md.filter_metadata
                     .iter()
                     .map(|(k, s)| (Value::from(k.as_str()), proto_struct(s)))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        );
+    }
+    if !md.typed_filter_metadata.is_empty() {
+        // `Any` as OPA-Envoy writes it: the message's fields, the value in base64.
+        use base64::Engine as _;
+        let any = |a: &pbuf::Any| {
+            let mut am = BTreeMap::new();
+            put_str(&mut am, "typeUrl", &a.type_url);
+            if !a.value.is_empty() {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&a.value);
+                put(&mut am, "value", Value::from(b64));
+            }
+            Value::from(am)
+        };
+        put(
+            &mut m,
+            "typedFilterMetadata",
+            Value::from(
+                md.typed_filter_metadata
+                    .iter()
+                    .map(|(k, a)| (Value::from(k.as_str()), any(a)))
                     .collect::<BTreeMap<_, _>>(),
             ),
         );
@@ -652,11 +774,6 @@ fn proto_value(v: &pbuf::Value) -> Value {
             Value::from(l.values.iter().map(proto_value).collect::<Vec<_>>())
         }
     }
-}
-
-/// RFC 3339 in UTC, as the protobuf JSON mapping writes a Timestamp.
-pub(crate) fn rfc3339(t: &pbuf::Timestamp) -> String {
-    rfc3339_utc(t.seconds, t.nanos)
 }
 
 /// RFC 3339 in UTC for seconds and nanoseconds since the Unix epoch.
@@ -737,6 +854,7 @@ fn opt_str(s: Option<&str>) -> Value {
     s.map_or(Value::Null, Value::from)
 }
 
+mod multipart;
 #[cfg(test)]
 mod tests;
 

@@ -16,8 +16,8 @@
 // (`crate::x` outside `tests.rs` files), never one below. `src/tests.rs` checks it. One
 // declaration per paragraph, so that rustfmt keeps the order.
 //
-//   jose, config, watch, serving, readiness: JOSE keys and algorithms, configuration, file
-//     watching, serving threads, the readiness latch (no domain knowledge)
+//   jose, ids, config, watch, serving, readiness: JOSE keys and algorithms, random ids,
+//     configuration, file watching, serving threads, the readiness latch (no domain knowledge)
 //   identity, input: who a token names; the edge in (CheckRequest -> input document)
 //   cache: generic digest -> value caches with deadlines
 //   authn: bearer tokens -> verified identities
@@ -31,6 +31,8 @@
 //   grpc, cli, admin, app: serving, the CLI's library half, the admin server, wiring
 //   testing: one token signer for every test harness (imports nothing of the crate)
 pub mod jose;
+
+pub mod ids;
 
 pub mod config;
 

@@ -11,5 +11,6 @@ mod exchange;
 mod grpc;
 mod hostile;
 mod mint;
+mod opa_envoy;
 mod policy;
 mod properties;

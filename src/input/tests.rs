@@ -78,10 +78,13 @@ fn opa_envoy_shape() {
         "text/plain"
     );
     assert_eq!(
-        attrs["request"]["http"]["size"], "42",
-        "int64 is a string in protojson"
+        attrs["request"]["http"]["size"], 42,
+        "a number, as OPA-Envoy writes it"
     );
-    assert_eq!(attrs["request"]["time"], "2023-11-14T22:13:20.5Z");
+    assert_eq!(
+        attrs["request"]["time"],
+        json!({"seconds": 1_700_000_000, "nanos": 500_000_000})
+    );
     assert_eq!(
         attrs["source"]["address"]["socketAddress"]["portValue"],
         51000
@@ -99,7 +102,13 @@ fn opa_envoy_shape() {
     assert_eq!(d["parsed_path"], json!(["a", "b"]));
     assert_eq!(d["parsed_query"], json!({"x": ["1", "2"], "y": ["a b"]}));
     assert_eq!(d["truncated_body"], false);
-    assert!(d.get("parsed_body").is_none());
+    assert_eq!(
+        d["parsed_body"],
+        json!(null),
+        "present, null without a body"
+    );
+    assert!(d.get("source_principal").is_none(), "no principal");
+    assert!(attrs["request"]["http"].get("headerMap").is_none());
     assert_eq!(
         d["version"],
         json!({"encoding": "protojson", "ext_authz": "v3"})
@@ -183,7 +192,35 @@ fn bodies() {
     );
     let d = doc(&truncated);
     assert_eq!(d["truncated_body"], true);
-    assert!(d.get("parsed_body").is_none());
+    assert_eq!(d["parsed_body"], json!(null));
+
+    // Envoy cut the body at max_request_bytes without saying so: shorter than its
+    // content-length, a prefix that parses must not be judged as the whole body.
+    let cut = |length: &str| {
+        request(
+            "/",
+            &[
+                ("content-type", "application/json"),
+                ("content-length", length),
+            ],
+            r#"{"amount":1}"#,
+        )
+    };
+    let d = doc(&cut("4096"));
+    assert_eq!(d["truncated_body"], true);
+    assert_eq!(d["parsed_body"], json!(null));
+    for whole in ["12", "-1", " 12 "] {
+        let d = doc(&cut(whole));
+        assert_eq!(d["truncated_body"], false, "content-length {whole}");
+        assert_eq!(d["parsed_body"], json!({"amount": 1}));
+    }
+    assert_eq!(
+        CheckInput::try_from(&cut("lots")).map(|_| ()),
+        Err(InputError::ContentLength)
+    );
+    // No body sent (with_request_body off): nothing was cut.
+    let unsent = request("/", &[("content-length", "4096")], "");
+    assert_eq!(doc(&unsent)["truncated_body"], false);
 
     let broken = request("/", &[("content-type", "application/json")], "{nope");
     assert_eq!(
@@ -216,6 +253,38 @@ fn raw_header_map_is_read_when_headers_map_is_empty() {
     let input = CheckInput::try_from(&req).expect("valid");
     assert_eq!(input.header("x-a"), Some("1,2"));
     assert_eq!(input.header("authorization"), Some("Bearer t"));
+    // OPA-Envoy's `headerMap` beside the `headers` onbehalf fills from it.
+    let d = doc(&req);
+    let http = &d["attributes"]["request"]["http"];
+    assert_eq!(
+        http["headerMap"],
+        json!({"headers": [
+            {"key": "X-A", "rawValue": "MQ=="},
+            {"key": "x-a", "rawValue": "Mg=="},
+            {"key": "authorization", "rawValue": "QmVhcmVyIHQ="},
+        ]})
+    );
+    assert_eq!(http["headers"]["x-a"], "1,2");
+}
+
+#[test]
+fn source_principal_is_at_the_top_level_when_there_is_one() {
+    let mut req = request("/", &[], "");
+    let source = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.source.as_mut())
+        .expect("source");
+    source.principal = "spiffe://cluster.local/ns/agents/sa/planner".into();
+    let d = doc(&req);
+    assert_eq!(
+        d["source_principal"],
+        "spiffe://cluster.local/ns/agents/sa/planner"
+    );
+    assert_eq!(
+        d["attributes"]["source"]["principal"],
+        d["source_principal"]
+    );
 }
 
 #[test]
@@ -229,7 +298,7 @@ fn missing_http_attributes_is_an_error() {
 
 #[test]
 fn timestamps() {
-    let ts = |seconds, nanos| rfc3339(&pbuf::Timestamp { seconds, nanos });
+    let ts = rfc3339_utc;
     assert_eq!(ts(0, 0), "1970-01-01T00:00:00Z");
     assert_eq!(ts(951_782_400, 0), "2000-02-29T00:00:00Z");
     assert_eq!(ts(-1, 0), "1969-12-31T23:59:59Z");

@@ -158,15 +158,28 @@ fn bad(message: String) -> VerdictError {
 }
 
 /// `{"name": "v"}`, `{"name": ["v1", "v2"]}` (one header per value) or
-/// `{"name": {"values": [...], "append_action": "ADD_IF_ABSENT"}}`. Without an action the first
-/// value overwrites and later ones append, so a client can never smuggle a value through.
+/// `{"name": {"values": [...], "append_action": "ADD_IF_ABSENT"}}` — or, as OPA-Envoy also
+/// accepts, a list of such objects, read in order (`[{"x-rep": "a"}, {"x-rep": "b"}]` repeats
+/// a name). Without an action a name's first value overwrites and its later ones append, so a
+/// client can never smuggle a value through and repeated values keep their order.
 fn header_ops(v: Option<&Json>, field: &str) -> Result<Vec<HeaderOp>, VerdictError> {
     let Some(v) = v else { return Ok(Vec::new()) };
-    let map = v
-        .as_object()
-        .ok_or_else(|| bad(format!("`{field}` must be an object of header names")))?;
+    let shape = || {
+        bad(format!(
+            "`{field}` must be an object of header names, or a list of such objects"
+        ))
+    };
+    let maps: Vec<&Map<String, Json>> = match v {
+        Json::Object(map) => vec![map],
+        Json::Array(list) => list
+            .iter()
+            .map(|m| m.as_object().ok_or_else(shape))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(shape()),
+    };
     let mut ops = Vec::new();
-    for (name, value) in map {
+    let mut named = std::collections::HashSet::new();
+    for (name, value) in maps.into_iter().flatten() {
         let name = name.to_ascii_lowercase();
         if !valid_header_name(&name) {
             return Err(bad(format!(
@@ -199,10 +212,10 @@ fn header_ops(v: Option<&Json>, field: &str) -> Result<Vec<HeaderOp>, VerdictErr
             }
             other => (header_values(other, field, &name)?, None),
         };
-        for (i, value) in values.into_iter().enumerate() {
-            let action = action.unwrap_or(match i {
-                0 => AppendAction::OverwriteIfExistsOrAdd,
-                _ => AppendAction::AppendIfExistsOrAdd,
+        for value in values {
+            let action = action.unwrap_or(match named.insert(name.clone()) {
+                true => AppendAction::OverwriteIfExistsOrAdd,
+                false => AppendAction::AppendIfExistsOrAdd,
             });
             ops.push(HeaderOp {
                 name: name.clone(),

@@ -75,6 +75,54 @@ fn boolean_and_object_results() {
     );
 }
 
+/// OPA-Envoy's list form: objects read in order, a repeated name keeps every value in order
+/// (the first overwrites what the client sent, the later ones append), in each header field.
+#[test]
+fn header_lists_of_objects_repeat_names_in_order() {
+    let v = verdict(json!({
+        "allowed": true,
+        "headers": [{"x-rep": "a"}, {"x-rep": "b", "x-other": "o"}, {"X-Rep": ["c", "d"]}],
+        "response_headers_to_add": [{"set-cookie": "s=1"}, {"set-cookie": "t=2"}],
+    }))
+    .expect("valid");
+    let ops = |list: &[HeaderOp]| -> Vec<(String, String, AppendAction)> {
+        list.iter()
+            .map(|h| (h.name.clone(), h.value.clone(), h.action))
+            .collect()
+    };
+    let (over, append) = (
+        AppendAction::OverwriteIfExistsOrAdd,
+        AppendAction::AppendIfExistsOrAdd,
+    );
+    let op = |n: &str, v: &str, a| (n.to_string(), v.to_string(), a);
+    assert_eq!(
+        ops(&v.headers),
+        [
+            op("x-rep", "a", over),
+            op("x-other", "o", over),
+            op("x-rep", "b", append),
+            op("x-rep", "c", append),
+            op("x-rep", "d", append),
+        ]
+    );
+    assert_eq!(
+        ops(&v.response_headers_to_add),
+        [
+            op("set-cookie", "s=1", over),
+            op("set-cookie", "t=2", append)
+        ]
+    );
+    for bad in [json!([{"x": 1}]), json!(["x"]), json!([[{"x": "y"}]])] {
+        assert!(
+            matches!(
+                verdict(json!({"allowed": true, "headers": bad})),
+                Err(VerdictError::Malformed(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn deny_object_with_status_body_and_scope() {
     let v = verdict(
