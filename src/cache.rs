@@ -199,8 +199,10 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
         if current.number == generation {
             return current.entries.get(key);
         }
-        drop(current);
-        self.advance(generation);
+        if current.number < generation {
+            drop(current);
+            self.advance(generation);
+        }
         None
     }
 

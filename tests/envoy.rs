@@ -774,3 +774,60 @@ async fn an_exchanged_delegation_token_passes_envoy() {
     assert_eq!(answer["status"], 400, "{answer}");
     assert_eq!(answer["body"]["error"], "invalid_scope", "{answer}");
 }
+
+/// Envoy cuts a body at `max_request_bytes` (`allow_partial_message: true` in the repository's
+/// envoy.yaml): the part it sends is never judged as the whole body.
+#[tokio::test]
+async fn a_body_envoy_cut_is_never_judged_as_whole() {
+    let echo = EchoServer::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::write(
+        policies.join("authz.rego"),
+        r#"package envoy.authz
+import rego.v1
+
+default allow := false
+
+# Small transfers pass without review.
+allow if input.parsed_body.amount < 100
+
+allow := {"allowed": false, "http_status": 413, "body": "body cut"} if input.truncated_body
+"#,
+    )
+    .expect("policy");
+    let config = dir.path().join("onbehalf.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  grpc_addr: 127.0.0.1:{grpc}\n  admin_addr: 127.0.0.1:{admin}\n\
+             policy:\n  dir: {}\nauthn:\n  issuers:\n    - issuer: https://idp.demo.onbehalf.dev\n      \
+             audiences: [service-b]\n      algorithms: [RS256, ES256, EdDSA]\n      jwks_file: {}\n",
+            policies.display(),
+            repo().join("deploy/demo/jwks.json").display()
+        ),
+    )
+    .expect("config");
+    let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+    let _envoy = start_repo_envoy(dir.path(), listen, grpc, echo.addr.port(), envoy_admin).await;
+
+    let token = alice(&["--act", "travel-agent", "--scope", "book_flight"]);
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client
+            .post(format!("http://127.0.0.1:{listen}/transfers"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let whole = post(r#"{"amount": 1}"#.into()).await.expect("request");
+    assert_eq!(whole.status(), 200);
+    // 20 KB: Envoy sends onbehalf the first 8 KiB only.
+    let long = format!(r#"{{"amount": 1, "memo": "{}"}}"#, "x".repeat(20_000));
+    let cut = post(long).await.expect("request");
+    assert_eq!(cut.status(), 413);
+    assert_eq!(cut.text().await.expect("body"), "body cut");
+}

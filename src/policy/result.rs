@@ -213,7 +213,9 @@ fn header_ops(v: Option<&Json>, field: &str) -> Result<Vec<HeaderOp>, VerdictErr
             other => (header_values(other, field, &name)?, None),
         };
         for value in values {
-            let action = action.unwrap_or(match named.insert(name.clone()) {
+            // Any earlier value of the name, with an action or not, makes later defaults append.
+            let first = named.insert(name.clone());
+            let action = action.unwrap_or(match first {
                 true => AppendAction::OverwriteIfExistsOrAdd,
                 false => AppendAction::AppendIfExistsOrAdd,
             });

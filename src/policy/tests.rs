@@ -112,6 +112,17 @@ fn header_lists_of_objects_repeat_names_in_order() {
             op("set-cookie", "t=2", append)
         ]
     );
+    // A value with its own action still counts as the name's first: later ones append.
+    let v = verdict(json!({
+        "allowed": true,
+        "headers": [{"x-rep": {"value": "a", "append_action": "APPEND_IF_EXISTS_OR_ADD"}},
+                    {"x-rep": "b"}],
+    }))
+    .expect("valid");
+    assert_eq!(
+        ops(&v.headers),
+        [op("x-rep", "a", append), op("x-rep", "b", append)]
+    );
     for bad in [json!([{"x": 1}]), json!(["x"]), json!([[{"x": "y"}]])] {
         assert!(
             matches!(
