@@ -17,6 +17,11 @@ async fn sidecar_with(dir: &Path, rego: &str) -> Sidecar {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("dir");
     std::fs::write(policies.join("authz.rego"), rego).expect("policy");
+    sidecar_on(dir, &policies).await
+}
+
+/// A sidecar whose policy directory is `policies` (rule `data.envoy.authz.allow`).
+async fn sidecar_on(dir: &Path, policies: &Path) -> Sidecar {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [jwk("rsa-1")]}).to_string()).expect("jwks");
     let yaml = format!(
@@ -316,5 +321,68 @@ allow := {
     }
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    s.stop().await;
+}
+
+/// The io.jwt fixture (`tests/fixtures/io_jwt`) with its data made by PyJWT, in `dir`.
+fn io_jwt_policy(dir: &Path) -> std::path::PathBuf {
+    let policies = dir.join("io_jwt");
+    std::fs::create_dir_all(&policies).expect("dir");
+    for name in ["authz.rego", "io_jwt_test.rego"] {
+        std::fs::copy(fixture(&format!("io_jwt/{name}")), policies.join(name)).expect("copy");
+    }
+    let python = std::env::var("ONBEHALF_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(fixture("io_jwt/make_data.py"))
+        .arg(&policies)
+        .output()
+        .expect("run make_data.py (set ONBEHALF_TEST_PYTHON to a python with PyJWT)");
+    assert!(
+        out.status.success(),
+        "make_data.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    policies
+}
+
+#[test]
+fn io_jwt_builtins_answer_as_opa_in_policy_test() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let policies = io_jwt_policy(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_onbehalf"))
+        .args(["policy", "test"])
+        .arg(&policies)
+        .output()
+        .expect("run onbehalf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("10 passed, 0 failed"), "{text}");
+}
+
+#[tokio::test]
+async fn io_jwt_decode_verify_decides_requests() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let policies = io_jwt_policy(dir.path());
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(policies.join("data.json")).expect("data"))
+            .expect("json");
+    let s = sidecar_on(dir.path(), &policies).await;
+    for (token, status) in [
+        ("rs256", 200),
+        ("rs256_bob", 403),
+        ("rs256_expired", 403),
+        ("rs256_wrong_key", 403),
+        ("malformed", 403),
+    ] {
+        let user = data["jwt"]["tokens"][token].as_str().expect("token");
+        let reply = Reply::from(ask(&s, request("GET", "/", &[("x-user-token", user)])).await);
+        assert_eq!(reply.status, status, "{token}: {}", reply.body);
+    }
+    let none = Reply::from(ask(&s, request("GET", "/", &[])).await);
+    assert_eq!(none.status, 403, "{}", none.body);
     s.stop().await;
 }

@@ -1,8 +1,7 @@
 //! Static analysis of the parsed policy, done once at load time.
 //!
 //! - Unknown functions: regorus reports a call to an unknown function only when an evaluation
-//!   reaches it; a policy calling `http.send` or `io.jwt.decode` would then fail on some
-//!   requests only. onbehalf refuses such a policy up front, naming file and line.
+//!   reaches it; a policy calling `http.send` would then fail on some requests only. onbehalf refuses such a policy up front, naming file and line.
 //! - What the policy reads (`reads`, in `reads.rs`): the `input` paths its answer can depend
 //!   on, followed through the names bound to parts of the input, and whether it calls a
 //!   builtin whose answer varies between calls (time, randomness). The decision cache keys on
@@ -27,6 +26,8 @@ const NONDETERMINISTIC: &[&str] = &[
     "opa.runtime",
     "http.send",
     "net.lookup_ip_addr",
+    // Reads the clock unless its constraints give a `time`.
+    "io.jwt.decode_verify",
 ];
 
 /// What a policy can read that varies between requests.
@@ -77,6 +78,7 @@ pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
             let last = name.rsplit('.').next().unwrap_or(&name);
             let known = name == "print"
                 || BUILTINS.contains_key(name.as_str())
+                || super::jwt::provides(&name)
                 || user_functions.contains(last);
             if !known {
                 unknown.push(UnknownCall {

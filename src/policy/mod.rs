@@ -16,6 +16,7 @@ use regorus::{CompiledPolicy, Engine, Value};
 
 pub mod analysis;
 pub mod bundle;
+pub mod jwt;
 pub mod result;
 pub mod source;
 pub mod store;
@@ -130,7 +131,7 @@ impl PolicySet {
             true => name.to_string(),
             false => format!("{}/{name}", origin.trim_end_matches('/')),
         };
-        let mut engine = Engine::new();
+        let mut engine = new_engine();
         let mut rego_files = Vec::new();
         for (name, bytes) in bundle.files() {
             let file = name.rsplit('/').next().unwrap_or(name);
@@ -416,6 +417,16 @@ impl PolicySet {
             },
         })
     }
+}
+
+/// A regorus engine with onbehalf's extensions (`io.jwt.*`).
+pub(crate) fn new_engine() -> Engine {
+    let mut engine = Engine::new();
+    if let Err(e) = jwt::register(&mut engine) {
+        // Only a name registered twice fails, which a test would catch.
+        tracing::error!(error = %e, "io.jwt builtins not registered");
+    }
+    engine
 }
 
 /// Units of evaluation work (instructions, loop steps) between two reads of the clock: a read

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use regorus::Value;
 use regorus::unstable::{Expr, Rule, RuleHead};
-use regorus::{Engine, Value};
 
 use super::{Bundle, PolicyError};
 
@@ -32,7 +32,7 @@ pub enum TestOutcome {
 pub fn run(dir: &Path) -> Result<Vec<TestResult>, PolicyError> {
     let bundle = Bundle::from_dir(dir)?;
     let origin = dir.display().to_string();
-    let mut engine = Engine::new();
+    let mut engine = super::new_engine();
     engine.set_strict_builtin_errors(false);
     for (name, bytes) in bundle.files() {
         let path = format!("{}/{name}", origin.trim_end_matches('/'));

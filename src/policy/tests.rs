@@ -257,7 +257,7 @@ fn unknown_functions_fail_at_load_with_file_and_line() {
         "package x\nimport rego.v1\ndefault allow := false\n\
          allow if input.x == 1\n\
          allow if http.send({\"url\": \"x\"}).status_code == 200\n\
-         allow if [y | y := io.jwt.decode(input.t)]\n\
+         allow if [y | y := opa.jwt.decode(input.t)]\n\
          allow if helper(1)\n\
          allow if count(input.list) > sum([1]) \n\
          helper(n) := n > 0\n",
@@ -267,7 +267,7 @@ fn unknown_functions_fail_at_load_with_file_and_line() {
         panic!("unexpected error: {err}")
     };
     let names: Vec<(&str, u32)> = calls.iter().map(|c| (c.name.as_str(), c.line)).collect();
-    assert_eq!(names, [("http.send", 5), ("io.jwt.decode", 6)]);
+    assert_eq!(names, [("http.send", 5), ("opa.jwt.decode", 6)]);
     assert!(
         err.to_string()
             .contains("a.rego:5: unknown function `http.send`"),
@@ -630,4 +630,50 @@ fn inline_evaluations_in_a_row_each_get_the_whole_slice() {
         .expect("full");
     p.evaluate(Value::from(json!({"user": "alice"})), inline)
         .expect("inline after full");
+}
+
+#[test]
+fn with_on_a_nested_input_path_and_walk() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\n\
+         inner if input.attributes.request.http.method == \"GET\"\n\
+         allow if inner with input.attributes.request.http.method as \"GET\"\n\
+         paths contains p if { some p, v; walk(input, [p, v]); v == \"x\" }\n",
+    );
+    let p = PolicySet::load_dir(dir.path(), "data.envoy.authz.allow").expect("loads");
+    for input in [
+        json!({"attributes": {"request": {"http": {"method": "POST"}}}}),
+        json!({"attributes": {}}),
+        json!({}),
+    ] {
+        let vm = p.evaluate(Value::from(input.clone()), FULL);
+        let interpreted = p.evaluate_interpreter(
+            Value::from(input.clone()),
+            std::time::Duration::from_secs(5),
+        );
+        assert_eq!(
+            vm.map_err(|e| e.to_string()),
+            Ok(Value::from(true)),
+            "{input}"
+        );
+        assert_eq!(
+            interpreted.map_err(|e| e.to_string()),
+            Ok(Value::from(true)),
+            "{input}"
+        );
+    }
+    let paths = p.evaluate_query(
+        "data.envoy.authz.paths",
+        Value::from(json!({"a": {"b": "x"}, "c": ["x"]})),
+        std::time::Duration::from_secs(5),
+    );
+    assert_eq!(
+        paths.map(|v| v.to_string()).map_err(|e| e.to_string()),
+        Ok(Value::from_json_str(r#"[["a","b"],["c",0]]"#)
+            .expect("json")
+            .to_string())
+    );
 }
