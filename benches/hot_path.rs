@@ -194,7 +194,7 @@ fn benches(c: &mut Criterion) {
     let paths = &snapshot.policies.reads().input_paths;
     let input = CheckInput::try_from(&req).expect("input");
     c.bench_function("decision_cache/key", |b| {
-        b.iter(|| onbehalf::key::decision_key(1, paths, black_box(&input), &auth, &mut None))
+        b.iter(|| onbehalf::key::decision_key(1, paths, black_box(&input), Some(&auth), &mut None))
     });
 
     rt.block_on(onbehalf::grpc::respond(&cached, &req));

@@ -269,6 +269,11 @@ pub enum PolicySourceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthnConfig {
+    /// Whether every request needs a bearer token. When false, a request without one (no
+    /// header, or another scheme such as `Basic`) reaches the policy anonymous: `subject`,
+    /// `actor`, `delegation` and `token` null, no identity headers, nothing minted. A bearer
+    /// token that does not verify is refused either way.
+    pub required: bool,
     /// Request header that carries the bearer token.
     pub header: String,
     /// Tokens longer than this are rejected before any parsing.
@@ -560,10 +565,11 @@ impl Config {
                 "must be between 1 and 64",
             );
         }
-        if self.authn.issuers.is_empty() {
+        if self.authn.issuers.is_empty() && self.authn.required {
             bad(
                 "authn.issuers".into(),
-                "at least one trusted issuer is required",
+                "at least one trusted issuer is required (or authn.required: false, to judge \
+                 every request anonymous)",
             );
         }
         let mut seen = std::collections::HashSet::new();
@@ -1059,6 +1065,7 @@ mod one_or_many {
 impl Default for AuthnConfig {
     fn default() -> Self {
         AuthnConfig {
+            required: true,
             header: "authorization".into(),
             max_token_bytes: 8192,
             max_delegation_depth: 8,

@@ -269,6 +269,16 @@ impl CheckInput<'_> {
 // === impl TokenParts ===
 
 impl TokenParts {
+    /// The parts of a request without a token (`authn.required: false`): all null.
+    pub fn anonymous() -> Self {
+        TokenParts {
+            subject: Value::Null,
+            actor: Value::Null,
+            delegation: Value::Null,
+            token: Value::Null,
+        }
+    }
+
     /// The token-derived parts of the document, built once.
     pub fn build(delegation: &Delegation, token: &TokenInfo) -> Self {
         let t = token;

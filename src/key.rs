@@ -23,17 +23,22 @@ pub enum KeyError {
 /// The key of one decision for policy `generation`, which reads `paths`. The token-derived
 /// share is computed once per token and generation (memoised in `auth`); when it has to
 /// build the token's document parts, it leaves them in `parts` for the evaluation that
-/// follows a miss.
+/// follows a miss. Without `auth` (an anonymous request) the share is that of
+/// `TokenParts::anonymous`, whose nulls no verified token's parts hold.
 pub fn decision_key(
     generation: u64,
     paths: &[Vec<Segment>],
     input: &CheckInput<'_>,
-    auth: &Authenticated,
+    auth: Option<&Authenticated>,
     parts: &mut Option<TokenParts>,
 ) -> Result<Digest, KeyError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&generation.to_be_bytes());
-    ctx.update(&token_share(generation, paths, auth, parts)?);
+    let share = match auth {
+        Some(auth) => token_share(generation, paths, auth, parts)?,
+        None => token_part_digest(parts.get_or_insert_with(TokenParts::anonymous), paths)?,
+    };
+    ctx.update(&share);
     let mut buf = Vec::with_capacity(256);
     for path in paths.iter().filter(|p| !is_token_path(p)) {
         buf.clear();

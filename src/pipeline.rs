@@ -21,6 +21,8 @@ use crate::telemetry::{Metrics, MintResult};
 /// Everything a decision needs: settings, keys, the current policy, and counters.
 pub struct Authorizer {
     token_header: String,
+    /// `authn.required`: when false, a request without a bearer token is judged anonymous.
+    authn_required: bool,
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
@@ -93,6 +95,7 @@ impl Authorizer {
         let state = StateCell::watch(&policies, &verifier);
         Authorizer {
             token_header: config.authn.header.clone(),
+            authn_required: config.authn.required,
             identity_headers: config.headers.clone(),
             verifier,
             policies,
@@ -179,7 +182,14 @@ impl Authorizer {
         let snapshot = state.policy.clone().ok_or(CheckError::NotReady)?;
         outcome.revision = Some(snapshot.policies.revision().clone());
 
-        let token = authn::extract_bearer(input.header(&self.token_header))?;
+        let token = match authn::extract_bearer(input.header(&self.token_header)) {
+            // No bearer token at all (no header, or another scheme the policy may judge):
+            // anonymous, when allowed. A bearer token that does not verify never is.
+            Err(AuthnError::Missing | AuthnError::NotBearer) if !self.authn_required => {
+                return self.anonymous(&snapshot, input, outcome).await;
+            }
+            token => token?,
+        };
         let verified = self.verifier.verify_with(&*state, token).await?;
         let auth = verified.auth;
         outcome.subject = Some(auth.subject.clone());
@@ -187,7 +197,7 @@ impl Authorizer {
         outcome.depth = auth.chain.len();
 
         let decision = self
-            .evaluate(&snapshot, input, &auth, verified.parts, outcome)
+            .evaluate(&snapshot, input, Some(&auth), verified.parts, outcome)
             .await?;
         outcome.identity = self.identity(&auth);
 
@@ -234,15 +244,43 @@ impl Authorizer {
         Ok(decision)
     }
 
+    /// A request without a token, judged by the policy with `subject`, `actor`, `delegation`
+    /// and `token` null. Identity headers are removed (a client cannot forge them) and
+    /// nothing is minted: an upstream token needs someone to act for.
+    async fn anonymous(
+        &self,
+        snapshot: &Arc<PolicySnapshot>,
+        input: &CheckInput<'_>,
+        outcome: &mut Outcome,
+    ) -> Result<Arc<Decision>, CheckError> {
+        let decision = self
+            .evaluate(
+                snapshot,
+                input,
+                None,
+                Some(TokenParts::anonymous()),
+                outcome,
+            )
+            .await?;
+        let names = &self.identity_headers;
+        outcome.identity = vec![
+            (names.subject.clone(), None),
+            (names.actor.clone(), None),
+            (names.chain.clone(), None),
+        ];
+        Ok(decision)
+    }
+
     /// The policy's decision: from the decision cache when the policy allows it and an entry
     /// exists, else evaluated (and cached unless evaluation failed). The input document and
     /// the policy's result go into `outcome` when they were built. `parts` are the token's
-    /// document parts when verification just built them.
+    /// document parts when verification just built them (or the anonymous ones, without
+    /// `auth`).
     async fn evaluate(
         &self,
         snapshot: &Arc<PolicySnapshot>,
         input: &CheckInput<'_>,
-        auth: &Authenticated,
+        auth: Option<&Authenticated>,
         mut parts: Option<TokenParts>,
         outcome: &mut Outcome,
     ) -> Result<Arc<Decision>, CheckError> {
@@ -272,9 +310,10 @@ impl Authorizer {
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
         }
-        let parts = match parts {
-            Some(parts) => parts,
-            None => auth.parts().map_err(CheckError::Claims)?,
+        let parts = match (parts, auth) {
+            (Some(parts), _) => parts,
+            (None, Some(auth)) => auth.parts().map_err(CheckError::Claims)?,
+            (None, None) => TokenParts::anonymous(),
         };
         let document = input.document(parts);
         outcome.input = Some(document.clone());
@@ -293,7 +332,7 @@ impl Authorizer {
                 key,
                 decision.clone(),
                 interned,
-                auth.expires_at,
+                auth.and_then(|a| a.expires_at),
             );
         }
         Ok(decision)

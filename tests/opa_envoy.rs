@@ -17,16 +17,17 @@ async fn sidecar_with(dir: &Path, rego: &str) -> Sidecar {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("dir");
     std::fs::write(policies.join("authz.rego"), rego).expect("policy");
-    sidecar_on(dir, &policies).await
+    sidecar_on(dir, &policies, "").await
 }
 
-/// A sidecar whose policy directory is `policies` (rule `data.envoy.authz.allow`).
-async fn sidecar_on(dir: &Path, policies: &Path) -> Sidecar {
+/// A sidecar whose policy directory is `policies` (rule `data.envoy.authz.allow`), with
+/// `authn` settings `authn_extra` (indented YAML lines) beside its issuer.
+async fn sidecar_on(dir: &Path, policies: &Path, authn_extra: &str) -> Sidecar {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [jwk("rsa-1")]}).to_string()).expect("jwks");
     let yaml = format!(
         "server:\n  grpc_addr: 127.0.0.1:0\n  admin_addr: 127.0.0.1:0\n  shutdown_grace: 2s\n\
-         policy:\n  dir: {}\nauthn:\n  issuers:\n    - issuer: {ISS}\n      audiences: [{AUD}]\n      jwks_file: {}\n",
+         policy:\n  dir: {}\nauthn:\n{authn_extra}  issuers:\n    - issuer: {ISS}\n      audiences: [{AUD}]\n      jwks_file: {}\n",
         policies.display(),
         jwks.display()
     );
@@ -370,7 +371,7 @@ async fn io_jwt_decode_verify_decides_requests() {
     let data: Value =
         serde_json::from_slice(&std::fs::read(policies.join("data.json")).expect("data"))
             .expect("json");
-    let s = sidecar_on(dir.path(), &policies).await;
+    let s = sidecar_on(dir.path(), &policies, "").await;
     for (token, status) in [
         ("rs256", 200),
         ("rs256_bob", 403),
@@ -384,5 +385,83 @@ async fn io_jwt_decode_verify_decides_requests() {
     }
     let none = Reply::from(ask(&s, request("GET", "/", &[])).await);
     assert_eq!(none.status, 403, "{}", none.body);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn without_required_authn_a_request_without_a_token_reaches_the_policy_anonymous() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::write(
+        policies.join("authz.rego"),
+        r#"package envoy.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.parsed_path[0] == "public"
+	input.subject == null
+	input.actor == null
+	input.delegation == null
+	input.token == null
+}
+
+allow if input.subject.id == "alice"
+"#,
+    )
+    .expect("policy");
+    let s = sidecar_on(dir.path(), &policies, "  required: false\n").await;
+    let anonymous = |path: &str, headers: &[(&str, &str)]| check_request("GET", path, headers);
+    let identity = ["x-onbehalf-subject", "x-onbehalf-actor", "x-onbehalf-chain"];
+
+    // No token: judged anonymous; identity headers a client sent are removed.
+    let public = Reply::from(
+        ask(
+            &s,
+            anonymous("/public/status", &[("x-onbehalf-subject", "mallory")]),
+        )
+        .await,
+    );
+    assert_eq!(public.status, 200, "{}", public.body);
+    for name in identity {
+        assert!(
+            public.removed.iter().any(|r| r == name),
+            "{name}: {public:?}"
+        );
+        assert!(!public.headers.contains_key(name), "{public:?}");
+    }
+    let private = Reply::from(ask(&s, anonymous("/private", &[])).await);
+    assert_eq!(private.status, 403, "{}", private.body);
+    // Another scheme is not a bearer token: the policy may judge it.
+    let basic = Reply::from(
+        ask(
+            &s,
+            anonymous(
+                "/public/status",
+                &[("authorization", "Basic YWxpY2U6cGFzc3dvcmQ=")],
+            ),
+        )
+        .await,
+    );
+    assert_eq!(basic.status, 200, "{}", basic.body);
+    // A bearer token that does not verify is refused, never judged anonymous.
+    for bad in ["Bearer not-a-token", "Bearer a.b.c"] {
+        let reply =
+            Reply::from(ask(&s, anonymous("/public/status", &[("authorization", bad)])).await);
+        assert_eq!(reply.status, 401, "{bad}: {}", reply.body);
+    }
+    // A verified token still works, and the decision cache keeps the two apart, both ways.
+    for _ in 0..2 {
+        let alice = Reply::from(ask(&s, request("GET", "/private", &[])).await);
+        assert_eq!(alice.status, 200, "{}", alice.body);
+        assert_eq!(
+            alice.headers.get("x-onbehalf-subject"),
+            Some(&vec!["alice".to_string()])
+        );
+        let nobody = Reply::from(ask(&s, anonymous("/private", &[])).await);
+        assert_eq!(nobody.status, 403, "{}", nobody.body);
+    }
     s.stop().await;
 }

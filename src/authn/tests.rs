@@ -337,7 +337,7 @@ fn claims_that_cannot_be_read_again_are_an_error_never_a_default() {
     };
     assert_eq!(broken.parts().map(|_| ()), Err(AuthnError::Malformed));
     assert!(broken.token_info().is_err());
-    let err = crate::key::decision_key(1, &[vec![]], &input_for_key(), &broken, &mut None);
+    let err = crate::key::decision_key(1, &[vec![]], &input_for_key(), Some(&broken), &mut None);
     assert!(err.is_err(), "a key is never built from a default");
     let decision =
         crate::pipeline::rescue(&crate::pipeline::CheckError::Key(err.expect_err("error")));

@@ -122,6 +122,10 @@ policy:
 fn no_issuer_is_an_error() {
     let err = parse("log:\n  level: info\n").unwrap_err().to_string();
     assert!(err.contains("authn.issuers"), "{err}");
+    assert!(err.contains("authn.required: false"), "{err}");
+    // Without required tokens, no issuer is needed: every bearer token is then refused.
+    let c = parse("authn:\n  required: false\n").expect("valid");
+    assert!(!c.authn.required && c.authn.issuers.is_empty());
 }
 
 #[test]

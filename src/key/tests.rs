@@ -37,7 +37,7 @@ fn decision_keys_cover_exactly_the_paths_read() {
     ];
     let key = |req: &CheckRequest, a: &Authenticated, generation: u64| {
         let input = CheckInput::try_from(req).expect("input");
-        decision_key(generation, &paths, &input, a, &mut None).expect("key")
+        decision_key(generation, &paths, &input, Some(a), &mut None).expect("key")
     };
     let alice = auth("alice", &["read"]);
     let bob_same_scopes = auth("bob", &["read"]);
@@ -69,11 +69,11 @@ fn decision_keys_cover_exactly_the_paths_read() {
     let other = request("GET", "/x/y", &[("x-noise", "2")]);
     let other_input = CheckInput::try_from(&other).expect("input");
     assert_ne!(
-        decision_key(1, &whole, &input, &alice, &mut None).expect("key"),
-        decision_key(1, &whole, &other_input, &alice, &mut None).expect("key")
+        decision_key(1, &whole, &input, Some(&alice), &mut None).expect("key"),
+        decision_key(1, &whole, &other_input, Some(&alice), &mut None).expect("key")
     );
     assert_ne!(
-        decision_key(1, &whole, &input, &alice, &mut None).expect("key"),
-        decision_key(1, &whole, &input, &bob_same_scopes, &mut None).expect("key")
+        decision_key(1, &whole, &input, Some(&alice), &mut None).expect("key"),
+        decision_key(1, &whole, &input, Some(&bob_same_scopes), &mut None).expect("key")
     );
 }
