@@ -18,6 +18,7 @@ use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
 use crate::config::{Config, ListenAddr};
 use crate::exchange::Exchanger;
 use crate::grpc::AuthzService;
+use crate::input::GrpcBodies;
 use crate::mint::{KeyRing, Minter};
 use crate::pipeline::Authorizer;
 use crate::policy::PolicyStore;
@@ -166,7 +167,14 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         })?)),
         false => None,
     };
-    Ok((Authorizer::new(config, verifier, store, minter), source))
+    let mut authorizer = Authorizer::new(config, verifier, store, minter);
+    if !config.policy.proto_descriptors.is_empty() {
+        let bodies = GrpcBodies::load(&config.policy.proto_descriptors)
+            .map_err(|e| anyhow::anyhow!("policy.proto_descriptors: {e}"))?;
+        tracing::info!(methods = ?bodies.methods(), "gRPC request bodies are decoded");
+        authorizer = authorizer.with_grpc_bodies(bodies);
+    }
+    Ok((authorizer, source))
 }
 
 /// Loads keys from files (an error stops start-up: the file is configuration).

@@ -235,6 +235,11 @@ pub struct PolicyConfig {
     pub inline_budget: Interval,
     /// Evaluations running off the serving threads at once; 0 means one per CPU core.
     pub eval_threads: usize,
+    /// Protobuf descriptors to decode gRPC request bodies with (directories of `.proto`
+    /// files, `.proto` files, or binary `FileDescriptorSet`s), as OPA-Envoy's
+    /// `proto-descriptor`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proto_descriptors: Vec<PathBuf>,
     pub signing: SigningConfig,
 }
 
@@ -964,6 +969,7 @@ impl Default for PolicyConfig {
             eval_timeout: Interval(Duration::from_millis(100)),
             inline_budget: Interval(Duration::from_millis(1)),
             eval_threads: 0,
+            proto_descriptors: Vec::new(),
             signing: SigningConfig::default(),
         }
     }

@@ -38,7 +38,7 @@ impl Authorization for AuthzService {
 /// Decides one CheckRequest, records and logs the decision, and builds the response.
 pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckResponse, Outcome) {
     let start = Instant::now();
-    let outcome = match CheckInput::try_from(request) {
+    let outcome = match CheckInput::read(request, authorizer.grpc_bodies()) {
         Ok(input) => authorizer.decide(&input).await,
         Err(e) => authorizer.unreadable(e),
     };

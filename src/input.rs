@@ -21,6 +21,7 @@ use percent_encoding::percent_decode_str;
 use regorus::Value;
 
 use crate::identity::{Delegation, Party, TokenInfo};
+pub use grpc::{GrpcBodies, GrpcBody};
 
 /// Envoy sets this header when `with_request_body` cut the body at `max_request_bytes`.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
@@ -37,6 +38,12 @@ pub enum InputError {
     ContentLength,
     #[error("the multipart body is malformed: {0}")]
     Multipart(&'static str),
+    #[error("a gRPC request's path is not /package.Service/Method")]
+    GrpcPath,
+    #[error("the gRPC body is shorter than its 5-byte message header")]
+    GrpcFrame,
+    #[error("the gRPC body is not the method's request message")]
+    GrpcMessage,
 }
 
 /// The parts of a CheckRequest that onbehalf reads, validated. Borrows the request: nothing is
@@ -92,7 +99,16 @@ static VERSION: LazyLock<Value> =
 impl<'a> TryFrom<&'a CheckRequest> for CheckInput<'a> {
     type Error = InputError;
 
+    /// Reads a request without decoding gRPC bodies.
     fn try_from(req: &'a CheckRequest) -> Result<Self, Self::Error> {
+        CheckInput::read(req, None)
+    }
+}
+
+impl<'a> CheckInput<'a> {
+    /// Reads and validates a request; `grpc` decodes the bodies of gRPC calls
+    /// (`policy.proto_descriptors`).
+    pub fn read(req: &'a CheckRequest, grpc: Option<&GrpcBodies>) -> Result<Self, InputError> {
         let attrs = req.attributes.as_ref().ok_or(InputError::NoHttpRequest)?;
         let http = attrs
             .request
@@ -103,13 +119,38 @@ impl<'a> TryFrom<&'a CheckRequest> for CheckInput<'a> {
         let (path_only, query) = split_target(&http.path);
         let parsed_path = parse_path(path_only)?;
         let parsed_query = parse_query(query);
-        let truncated_body = headers
+        let mut truncated_body = headers
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
             || shorter_than_declared(http, headers.get("content-length"))?;
+        let content_type = headers.get("content-type").map(String::as_str);
         let parsed_body = match truncated_body {
             true => None,
-            false => parse_body(http, headers.get("content-type").map(String::as_str))?,
+            // As OPA-Envoy: only what Envoy sent as raw bytes (`pack_as_bytes`) is decoded.
+            false if content_type.is_some_and(|c| c.contains("application/grpc")) => {
+                match (grpc, http.raw_body.is_empty()) {
+                    (Some(grpc), false) => {
+                        let path: Vec<&str> = match &parsed_path {
+                            Value::Array(a) => a
+                                .iter()
+                                .filter_map(|s| s.as_string().ok())
+                                .map(|s| s.as_ref())
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        match grpc.decode(&path, &http.raw_body)? {
+                            GrpcBody::Parsed(v) => Some(v),
+                            GrpcBody::Unknown => None,
+                            GrpcBody::Truncated => {
+                                truncated_body = true;
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            false => parse_body(http, content_type)?,
         };
         Ok(CheckInput {
             attrs,
@@ -864,6 +905,7 @@ fn opt_str(s: Option<&str>) -> Value {
     s.map_or(Value::Null, Value::from)
 }
 
+pub mod grpc;
 mod multipart;
 #[cfg(test)]
 mod tests;

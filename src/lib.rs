@@ -29,6 +29,7 @@
 //   pipeline: the phase order of one Check
 //   exchange: RFC 8693 token exchange, over the pipeline's verifier and policy
 //   grpc, cli, admin, app: serving, the CLI's library half, the admin server, wiring
+//   demo: the quickstart's gRPC upstream, generated from proto/
 //   testing: one token signer for every test harness (imports nothing of the crate)
 pub mod jose;
 
@@ -73,6 +74,8 @@ pub mod cli;
 pub mod admin;
 
 pub mod app;
+
+pub mod demo;
 
 #[doc(hidden)]
 pub mod testing;

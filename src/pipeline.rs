@@ -10,7 +10,7 @@ use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::cache::{DecisionCache, sha256, token_digest};
 use crate::config::{Config, HeaderNames, WithoutGrant};
 use crate::decision::{Decision, DenyReason};
-use crate::input::{CheckInput, InputError, TokenParts};
+use crate::input::{CheckInput, GrpcBodies, InputError, TokenParts};
 use crate::key::KeyError;
 use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
@@ -23,6 +23,8 @@ pub struct Authorizer {
     token_header: String,
     /// `authn.required`: when false, a request without a bearer token is judged anonymous.
     authn_required: bool,
+    /// Decodes gRPC request bodies (`policy.proto_descriptors`).
+    grpc_bodies: Option<Arc<GrpcBodies>>,
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
@@ -96,6 +98,7 @@ impl Authorizer {
         Authorizer {
             token_header: config.authn.header.clone(),
             authn_required: config.authn.required,
+            grpc_bodies: None,
             identity_headers: config.headers.clone(),
             verifier,
             policies,
@@ -114,6 +117,17 @@ impl Authorizer {
             metrics: Metrics::default(),
             readiness,
         }
+    }
+
+    /// Decodes gRPC request bodies with `bodies` (loaded from `policy.proto_descriptors`).
+    pub fn with_grpc_bodies(mut self, bodies: GrpcBodies) -> Authorizer {
+        self.grpc_bodies = Some(Arc::new(bodies));
+        self
+    }
+
+    /// What decodes gRPC request bodies, when descriptors are configured.
+    pub fn grpc_bodies(&self) -> Option<&GrpcBodies> {
+        self.grpc_bodies.as_deref()
     }
 
     pub fn verifier(&self) -> &Verifier {
