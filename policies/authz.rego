@@ -14,6 +14,9 @@
 #     must hold the route's capability.
 #   - The token must carry the capability as a scope: what Alice delegated bounds what the
 #     agent may do. A missing scope is answered with `insufficient_scope`.
+#   - gRPC calls are judged on their message too (input.parsed_body, decoded with
+#     policy.proto_descriptors): an agent may book a fare up to data.onbehalf.agent_fare_limit;
+#     above it, Alice books herself.
 #
 # Copy this file and data.json to start your own policy; `onbehalf check` shows the input
 # document and this rule's result for any request.
@@ -71,6 +74,23 @@ allowed if {
 	subject_may_use_route
 	delegation_ok
 	count(missing_scopes) == 0
+	within_fare_limit
+}
+
+booking_call if input.parsed_path == ["demo.flights.v1.FlightService", "BookFlight"]
+
+within_fare_limit if not booking_call
+
+within_fare_limit if {
+	booking_call
+	input.actor == null
+}
+
+# An undecoded message (no descriptors, or a body Envoy cut) has no price: not within.
+within_fare_limit if {
+	booking_call
+	input.actor != null
+	input.parsed_body.price <= data.onbehalf.agent_fare_limit
 }
 
 missing_scopes contains capability if {

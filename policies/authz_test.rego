@@ -68,3 +68,33 @@ test_max_depth_comes_from_data if {
 	authz.allow.allowed with input as request("GET", ["flights"], employee, ["travel-agent", "orchestrator", "orchestrator"], ["read_bookings"])
 		with data.onbehalf.max_delegation_depth as 3
 }
+
+book_flight := ["demo.flights.v1.FlightService", "BookFlight"]
+
+test_agent_books_a_flight_over_grpc_within_the_fare_limit if {
+	authz.allow.allowed with input as object.union(
+		request("POST", book_flight, employee, ["travel-agent"], ["book_flight"]),
+		{"parsed_body": {"passenger": "alice", "flight": "OB101", "price": 612}},
+	)
+}
+
+test_agent_cannot_book_a_fare_above_the_limit if {
+	not authz.allow.allowed with input as object.union(
+		request("POST", book_flight, employee, ["travel-agent"], ["book_flight"]),
+		{"parsed_body": {"passenger": "alice", "flight": "OB771", "price": 1480}},
+	)
+}
+
+test_employee_books_any_fare_herself if {
+	authz.allow.allowed with input as object.union(
+		request("POST", book_flight, employee, [], ["book_flight"]),
+		{"parsed_body": {"passenger": "alice", "flight": "OB771", "price": 1480}},
+	)
+}
+
+test_an_undecoded_booking_message_is_denied if {
+	not authz.allow.allowed with input as object.union(
+		request("POST", book_flight, employee, ["travel-agent"], ["book_flight"]),
+		{"parsed_body": null, "truncated_body": true},
+	)
+}

@@ -1,7 +1,7 @@
 //! The quickstart's Service B as a gRPC upstream: `demo.flights.v1.FlightService`, with its
 //! Rust code generated from `proto/demo/flights/v1/flights.proto` (by `build.rs`). It trusts
 //! what onbehalf put in front of it: the identity headers say for whom and by whom a flight
-//! is booked. `cargo run --example flights_upstream` serves it; the tests run it in-process.
+//! is booked. `cargo run --example flights -- serve` serves it; the tests run it in-process.
 
 use std::future::Future;
 

@@ -117,6 +117,10 @@ fn demo_config_with_exchange(
             &format!("dir: {}", repo().join("policies").display()),
         )
         .replace(
+            "proto_descriptors: [proto]",
+            &format!("proto_descriptors: [{}]", repo().join("proto").display()),
+        )
+        .replace(
             "jwks_file: deploy/demo/jwks.json",
             &format!(
                 "jwks_file: {}",
@@ -198,11 +202,24 @@ async fn start_envoy(dir: &Path, yaml: &str, ports: &[(u16, u16)], admin: u16) -
 /// The repository's `envoy.yaml`: listening on `listen`, asking onbehalf on `grpc`, the
 /// upstream on `upstream`, its admin on `admin`.
 async fn start_repo_envoy(dir: &Path, listen: u16, grpc: u16, upstream: u16, admin: u16) -> Proc {
+    start_repo_envoy_grpc(dir, listen, grpc, upstream, free_port(), admin).await
+}
+
+/// The repository's `envoy.yaml`, with Service B's gRPC API on `flights` too.
+async fn start_repo_envoy_grpc(
+    dir: &Path,
+    listen: u16,
+    grpc: u16,
+    upstream: u16,
+    flights: u16,
+    admin: u16,
+) -> Proc {
     let yaml = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
     let ports = [
         (8000, listen),
         (9191, grpc),
         (8080, upstream),
+        (9091, flights),
         (9901, admin),
     ];
     start_envoy(dir, &yaml, &ports, admin).await
@@ -830,4 +847,134 @@ allow := {"allowed": false, "http_status": 413, "body": "body cut"} if input.tru
     let cut = post(long).await.expect("request");
     assert_eq!(cut.status(), 413);
     assert_eq!(cut.text().await.expect("body"), "body cut");
+}
+
+/// Service B's gRPC API through the repository's Envoy (`pack_as_bytes`) and the quickstart
+/// configuration (`proto_descriptors: [proto]`): the shipped policy judges a BookFlight call on
+/// the fare in its message.
+#[tokio::test]
+async fn grpc_calls_are_decided_on_their_message_through_envoy() {
+    use onbehalf::demo::flights::flight_service_client::FlightServiceClient;
+    use onbehalf::demo::flights::{BookFlightRequest, ListFlightsRequest};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    let (flights_listener, flights) = bind().await;
+    let (stop_flights, stopped) = tokio::sync::oneshot::channel::<()>();
+    let desk = tokio::spawn(onbehalf::demo::serve(flights_listener, async {
+        let _ = stopped.await;
+    }));
+    let config = demo_config(dir.path(), grpc, admin, |c| c);
+    let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+    let _envoy = start_repo_envoy_grpc(
+        dir.path(),
+        listen,
+        grpc,
+        free_port(),
+        flights.port(),
+        envoy_admin,
+    )
+    .await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{listen}"))
+        .expect("endpoint")
+        .origin("http://service-b".parse().expect("origin"))
+        .connect()
+        .await
+        .expect("connect to Envoy");
+    let token = alice(&[
+        "--act",
+        "travel-agent",
+        "--scope",
+        "book_flight read_bookings",
+    ]);
+    let call = |message: BookFlightRequest, token: Option<&str>| {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("metadata"),
+            );
+        }
+        let mut client = FlightServiceClient::new(channel.clone());
+        async move { client.book_flight(request).await }
+    };
+    let booking = |flight: &str, price: f64, passenger: String| BookFlightRequest {
+        passenger,
+        flight: flight.into(),
+        price,
+        currency: "EUR".into(),
+    };
+
+    // Within the agent's fare limit: booked, for alice, by the travel agent.
+    let booked = call(booking("OB101", 612.0, "alice".into()), Some(&token))
+        .await
+        .expect("booked")
+        .into_inner();
+    assert_eq!(booked.booked_for, "alice");
+    assert_eq!(booked.booked_by, "travel-agent");
+    assert_eq!(booked.flight, "OB101");
+
+    // Above it: the message itself is what the policy refuses.
+    let refused = call(booking("OB771", 1480.0, "alice".into()), Some(&token))
+        .await
+        .expect_err("denied");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // No token at all: 401, which Envoy answers as UNAUTHENTICATED.
+    let anonymous = call(booking("OB101", 612.0, "alice".into()), None)
+        .await
+        .expect_err("denied");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+
+    // A message longer than Envoy's max_request_bytes (8 KiB): onbehalf sees a cut frame,
+    // never decodes it, and the policy finds no fare within the limit.
+    let long = call(booking("OB101", 612.0, "a".repeat(20_000)), Some(&token))
+        .await
+        .expect_err("denied");
+    assert_eq!(long.code(), tonic::Code::PermissionDenied, "{long:?}");
+
+    // Another method of the same service, decided by its own route.
+    let mut client = FlightServiceClient::new(channel.clone());
+    let mut list = tonic::Request::new(ListFlightsRequest {
+        origin: "CDG".into(),
+        destination: String::new(),
+    });
+    list.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let listed = client
+        .list_flights(list)
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(listed.flights.len(), 3);
+
+    // A method the descriptors do not know: no message to judge, and no route: denied.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.expect("ready");
+    let mut unknown = tonic::Request::new(booking("OB101", 1.0, "alice".into()));
+    unknown.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let answer: Result<tonic::Response<onbehalf::demo::flights::BookFlightResponse>, _> = raw
+        .unary(
+            unknown,
+            "/demo.flights.v1.FlightService/CancelFlight"
+                .parse()
+                .expect("path"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let denied = answer.expect_err("denied");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+    let _ = stop_flights.send(());
+    let _ = desk.await;
 }

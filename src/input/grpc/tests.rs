@@ -34,7 +34,9 @@ fn a_call_is_decoded_as_protobuf_json_by_its_method() {
             .methods()
             .contains(&"/demo.flights.v1.FlightService/BookFlight".to_string())
     );
-    let body = bodies.decode(&BOOK, &frame(0, &booking())).expect("decodes");
+    let body = bodies
+        .decode(&BOOK, &frame(0, &booking()))
+        .expect("decodes");
     let expected = serde_json::json!({
         "passenger": "alice", "flight": "OB101", "price": 612.5, "currency": "EUR"
     });
@@ -58,14 +60,20 @@ fn what_cannot_be_decoded_is_null_truncated_or_refused() {
         Ok(GrpcBody::Unknown)
     );
     // Compressed messages are not decoded (as OPA-Envoy).
-    assert_eq!(bodies.decode(&BOOK, &frame(1, &message)), Ok(GrpcBody::Unknown));
+    assert_eq!(
+        bodies.decode(&BOOK, &frame(1, &message)),
+        Ok(GrpcBody::Unknown)
+    );
     // Envoy cut the body inside the first message.
     let whole = frame(0, &message);
     assert_eq!(
         bodies.decode(&BOOK, &whole[..whole.len() - 1]),
         Ok(GrpcBody::Truncated)
     );
-    assert_eq!(bodies.decode(&BOOK, &whole[..4]), Err(InputError::GrpcFrame));
+    assert_eq!(
+        bodies.decode(&BOOK, &whole[..4]),
+        Err(InputError::GrpcFrame)
+    );
     assert_eq!(
         bodies.decode(&["demo.flights.v1.FlightService"], &whole),
         Err(InputError::GrpcPath)
