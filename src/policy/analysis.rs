@@ -48,6 +48,31 @@ pub struct UnknownCall {
     pub line: u32,
 }
 
+/// Whether `query` (`data.a.b`) names no rule but an object the policy builds key by key,
+/// rules below it (`b["allowed"] := ...` in package `a`).
+pub fn builds_key_by_key(modules: &[Ref<Module>], query: &str) -> bool {
+    let prefix = format!("{query}.");
+    modules.iter().any(|module| {
+        let Some(package) = dotted(&module.package.refr) else {
+            return false;
+        };
+        let package = match package.starts_with("data.") {
+            true => package,
+            false => format!("data.{package}"),
+        };
+        module.policy.iter().any(|rule| {
+            let refr = match rule.as_ref() {
+                Rule::Spec {
+                    head: RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. },
+                    ..
+                } => refr,
+                _ => return false,
+            };
+            dotted(refr).is_some_and(|name| format!("{package}.{name}").starts_with(&prefix))
+        })
+    })
+}
+
 /// Every call in `modules` whose function is unknown.
 pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
     // User functions may be called by their name, their package-qualified path, or through an

@@ -80,6 +80,10 @@ pub fn interpreter_fallbacks() -> u64 {
 pub struct PolicySet {
     compiled: CompiledPolicy,
     query: Arc<str>,
+    /// The rule evaluated for `query`: the query itself, or, when the query names a value
+    /// its package builds key by key (`result["allowed"] := ...`, which regorus does not
+    /// take as an entry point), a rule of one line whose value is the query's.
+    entry: Arc<str>,
     files: Vec<String>,
     revision: Arc<str>,
     reads: analysis::Reads,
@@ -101,6 +105,10 @@ struct VmProgram {
 }
 
 static NEXT_PROGRAM: AtomicU64 = AtomicU64::new(1);
+
+/// The package and rule of the one-line entry rule for a query that is not a rule.
+const ENTRY_PACKAGE: &str = "onbehalf_entrypoint";
+const ENTRY_RULE: &str = "answer";
 
 thread_local! {
     /// One VM per worker thread, reused while its program stays active: setting up a VM
@@ -203,14 +211,34 @@ impl PolicySet {
         let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
-        let compiled =
-            engine
-                .compile_with_entrypoint(&query.into())
-                .map_err(|e| PolicyError::Compile {
-                    query: query.to_string(),
-                    message: e.to_string(),
-                })?;
-        let vm = match Compiler::compile_from_policy(&compiled, &[query]) {
+        let compile_err = |e: anyhow::Error| PolicyError::Compile {
+            query: query.to_string(),
+            message: e.to_string(),
+        };
+        let (entry, compiled) = match engine.compile_with_entrypoint(&query.into()) {
+            Ok(compiled) => (query.to_string(), compiled),
+            // OPA-Envoy's primer builds its decision key by key (`result["allowed"] :=
+            // allow`): evaluate the query through a rule whose value it is.
+            Err(_) if analysis::builds_key_by_key(engine.get_modules(), query) => {
+                engine
+                    .add_policy(
+                        "onbehalf:entrypoint.rego".into(),
+                        format!(
+                            "package {ENTRY_PACKAGE}
+{ENTRY_RULE} := {query}
+"
+                        ),
+                    )
+                    .map_err(compile_err)?;
+                let entry = format!("data.{ENTRY_PACKAGE}.{ENTRY_RULE}");
+                let compiled = engine
+                    .compile_with_entrypoint(&entry.as_str().into())
+                    .map_err(compile_err)?;
+                (entry, compiled)
+            }
+            Err(e) => return Err(compile_err(e)),
+        };
+        let vm = match Compiler::compile_from_policy(&compiled, &[entry.as_str()]) {
             Ok(program) => {
                 // Check the data against the program once here, not per worker thread.
                 let mut check = RegoVM::new_with_policy(compiled.clone());
@@ -235,6 +263,7 @@ impl PolicySet {
         Ok(PolicySet {
             compiled,
             query: query.into(),
+            entry: entry.into(),
             files,
             revision: revision.into(),
             reads,
@@ -346,7 +375,7 @@ impl PolicySet {
             // otherwise (seen as evaluations of microseconds stopped by a 1 ms limit).
             machine.set_execution_timer_config(limit.map(timer));
             machine.set_input(input);
-            machine.execute_entry_point_by_name(&self.query)
+            machine.execute_entry_point_by_name(&self.entry)
         })
     }
 
@@ -357,7 +386,7 @@ impl PolicySet {
         input: Value,
         limit: std::time::Duration,
     ) -> Result<Value, PolicyError> {
-        self.interpret(&self.query, input, limit, |engine, query| {
+        self.interpret(&self.entry, input, limit, |engine, query| {
             engine.eval_rule(query.to_string())
         })
     }

@@ -677,3 +677,28 @@ fn with_on_a_nested_input_path_and_walk() {
             .to_string())
     );
 }
+
+#[test]
+fn a_query_may_name_an_object_built_key_by_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "a.rego",
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if input.ok\n\
+         result[\"allowed\"] := allow\nresult[\"http_status\"] := 418 if not allow\n",
+    );
+    let p = PolicySet::load_dir(dir.path(), "data.envoy.authz.result").expect("loads");
+    assert_eq!(
+        p.evaluate(Value::from(json!({"ok": true})), FULL)
+            .expect("eval"),
+        Value::from(json!({"allowed": true}))
+    );
+    assert_eq!(
+        p.evaluate(Value::from(json!({"ok": false})), FULL)
+            .expect("eval"),
+        Value::from(json!({"allowed": false, "http_status": 418}))
+    );
+    // A query that names nothing the policy defines is still refused at load.
+    let err = PolicySet::load_dir(dir.path(), "data.envoy.authz.resul").unwrap_err();
+    assert!(matches!(err, PolicyError::Compile { .. }), "{err}");
+}
