@@ -655,3 +655,51 @@ async fn a_slow_evaluation_does_not_stall_its_neighbours() {
         "{metrics}"
     );
 }
+
+/// The builtins regorus lacks, probed on the shipped build: a policy calling every builtin
+/// OPA offers (`tests/fixtures/opa-builtins.txt`) is loaded, and the functions onbehalf refuses
+/// as unknown must be exactly the list in docs/migrating-from-opa-envoy.md.
+#[test]
+fn the_migration_guide_lists_exactly_the_builtins_regorus_lacks() {
+    let names: Vec<String> = std::fs::read_to_string(fixture("opa-builtins.txt"))
+        .expect("builtins")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert!(names.len() > 150, "{}", names.len());
+    let mut rego = String::from("package probe\nimport rego.v1\n");
+    for (i, name) in names.iter().enumerate() {
+        rego.push_str(&format!("r{i} if {name}(input.x)\n"));
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("probe.rego"), rego).expect("write");
+    let lacking: Vec<String> =
+        match onbehalf::policy::PolicySet::load_dir(dir.path(), "data.probe.r0") {
+            Err(onbehalf::policy::PolicyError::UnknownFunctions(calls)) => {
+                calls.into_iter().map(|c| c.name).collect()
+            }
+            Err(e) => panic!("the probe policy failed otherwise: {e}"),
+            Ok(_) => Vec::new(),
+        };
+    let guide =
+        std::fs::read_to_string(repo().join("docs/migrating-from-opa-envoy.md")).expect("guide");
+    let documented: Vec<String> = guide
+        .lines()
+        .skip_while(|l| !l.contains("builtins-probe:start"))
+        .take_while(|l| !l.contains("builtins-probe:end"))
+        .filter_map(|l| l.strip_prefix("- `"))
+        .filter_map(|l| l.split('`').next())
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        documented,
+        lacking,
+        "docs/migrating-from-opa-envoy.md's list differs from the probe; the probe found:\n{}",
+        lacking
+            .iter()
+            .map(|n| format!("- `{n}`"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

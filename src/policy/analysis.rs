@@ -103,7 +103,7 @@ pub fn unknown_calls(modules: &[Ref<Module>]) -> Vec<UnknownCall> {
             let last = name.rsplit('.').next().unwrap_or(&name);
             let known = name == "print"
                 || BUILTINS.contains_key(name.as_str())
-                || super::jwt::provides(&name)
+                || super::is_extension(&name)
                 || user_functions.contains(last);
             if !known {
                 unknown.push(UnknownCall {

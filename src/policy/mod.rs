@@ -16,6 +16,7 @@ use regorus::{CompiledPolicy, Engine, Value};
 
 pub mod analysis;
 pub mod bundle;
+pub mod crypto;
 pub mod jwt;
 pub mod result;
 pub mod source;
@@ -448,14 +449,19 @@ impl PolicySet {
     }
 }
 
-/// A regorus engine with onbehalf's extensions (`io.jwt.*`).
+/// A regorus engine with onbehalf's extensions (`io.jwt.*`, `crypto.*`).
 pub(crate) fn new_engine() -> Engine {
     let mut engine = Engine::new();
-    if let Err(e) = jwt::register(&mut engine) {
+    if let Err(e) = jwt::register(&mut engine).and_then(|()| crypto::register(&mut engine)) {
         // Only a name registered twice fails, which a test would catch.
-        tracing::error!(error = %e, "io.jwt builtins not registered");
+        tracing::error!(error = %e, "builtin extensions not registered");
     }
     engine
+}
+
+/// Whether `name` is a builtin onbehalf adds to regorus'.
+pub fn is_extension(name: &str) -> bool {
+    jwt::provides(name) || crypto::provides(name)
 }
 
 /// Units of evaluation work (instructions, loop steps) between two reads of the clock: a read

@@ -702,3 +702,39 @@ fn a_query_may_name_an_object_built_key_by_key() {
     let err = PolicySet::load_dir(dir.path(), "data.envoy.authz.resul").unwrap_err();
     assert!(matches!(err, PolicyError::Compile { .. }), "{err}");
 }
+
+#[test]
+fn crypto_digests_and_hmacs_answer_as_opa() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Expected values from Python's hashlib and hmac.
+    write(
+        dir.path(),
+        "a.rego",
+        "package c\nimport rego.v1\n\
+         sha256 := crypto.sha256(\"hello\")\nsha1 := crypto.sha1(\"hello\")\n\
+         hmac256 := crypto.hmac.sha256(\"hello\", \"key\")\nhmac1 := crypto.hmac.sha1(\"hello\", \"key\")\n\
+         hmac512_length := count(crypto.hmac.sha512(\"hello\", \"key\"))\n\
+         equal := [crypto.hmac.equal(\"ab\", \"ab\"), crypto.hmac.equal(\"ab\", \"ac\")]\n\
+         not_a_string if not crypto.sha256(1)\n",
+    );
+    let p = PolicySet::load_dir(dir.path(), "data.c.sha256").expect("loads");
+    let all = p
+        .evaluate_query(
+            "data.c",
+            Value::new_object(),
+            std::time::Duration::from_secs(5),
+        )
+        .expect("eval");
+    assert_eq!(
+        all,
+        Value::from(json!({
+            "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            "sha1": "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d",
+            "hmac256": "9307b3b915efb5171ff14d8cb55fbcc798c6c0ef1456d66ded1a6aa723a58b7b",
+            "hmac1": "b34ceac4516ff23a143e61d79d0fa7a4fbe5f266",
+            "hmac512_length": 128,
+            "equal": [true, false],
+            "not_a_string": true,
+        }))
+    );
+}
