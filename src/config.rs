@@ -240,6 +240,9 @@ pub struct PolicyConfig {
     /// `proto-descriptor`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proto_descriptors: Vec<PathBuf>,
+    /// Decide, log and count as usual, then allow: for rolling a new policy out. A token
+    /// that does not verify is still refused unless `authn.dry_run` too.
+    pub dry_run: bool,
     pub signing: SigningConfig,
 }
 
@@ -279,6 +282,8 @@ pub struct AuthnConfig {
     /// `actor`, `delegation` and `token` null, no identity headers, nothing minted. A bearer
     /// token that does not verify is refused either way.
     pub required: bool,
+    /// With `policy.dry_run`: allow requests whose token is missing or does not verify too.
+    pub dry_run: bool,
     /// Request header that carries the bearer token.
     pub header: String,
     /// Tokens longer than this are rejected before any parsing.
@@ -970,6 +975,7 @@ impl Default for PolicyConfig {
             inline_budget: Interval(Duration::from_millis(1)),
             eval_threads: 0,
             proto_descriptors: Vec::new(),
+            dry_run: false,
             signing: SigningConfig::default(),
         }
     }
@@ -1072,6 +1078,7 @@ impl Default for AuthnConfig {
     fn default() -> Self {
         AuthnConfig {
             required: true,
+            dry_run: false,
             header: "authorization".into(),
             max_token_bytes: 8192,
             max_delegation_depth: 8,

@@ -105,9 +105,37 @@ impl DenyReason {
     }
 }
 
+/// The response header that tells the client the would-be decision under `policy.dry_run`.
+pub const DRY_RUN_HEADER: &str = "x-onbehalf-dry-run";
+
 // === impl Decision ===
 
 impl Decision {
+    /// The would-be decision in `DRY_RUN_HEADER`: `allow`, or `deny` with status and reason.
+    pub fn dry_run_label(&self) -> String {
+        match self {
+            Decision::Allow(_) => "allow".into(),
+            Decision::Deny(d) => format!("deny; status={}; reason={}", d.status, d.reason.label()),
+        }
+    }
+
+    /// What `policy.dry_run` answers instead: the request passes with the would-be decision
+    /// in `DRY_RUN_HEADER`. A denial passes unchanged (none of the policy's header or query
+    /// changes of an allow, which it did not make), keeping its dynamic metadata.
+    pub fn dry_run(&self) -> Decision {
+        let mut allow = match self {
+            Decision::Allow(a) => a.clone(),
+            Decision::Deny(d) => Allow {
+                dynamic_metadata: d.dynamic_metadata.clone(),
+                ..Allow::default()
+            },
+        };
+        allow
+            .response_headers_to_add
+            .push(set(DRY_RUN_HEADER, self.dry_run_label()));
+        Decision::Allow(allow)
+    }
+
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow(_))
     }

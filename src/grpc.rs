@@ -42,12 +42,29 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
         Ok(input) => authorizer.decide(&input).await,
         Err(e) => authorizer.unreadable(e),
     };
+    // Counted and logged as decided; under `policy.dry_run`, answered with an allow.
     authorizer.metrics().record(&outcome.decision);
+    let dry_run = authorizer.dry_run()
+        && (outcome.decision.is_allow() || authorizer.dry_run_allows(&outcome.decision));
+    if let (true, Decision::Deny(d)) = (dry_run, &*outcome.decision) {
+        authorizer.metrics().dry_run_allowed(d.reason);
+    }
     // As OPA-Envoy: every decision gets a fresh id, in the decision log line and in the
     // response's dynamic metadata (Envoy's access log can print it), cached or not.
     let decision_id = crate::ids::uuid_v4();
-    log_decision(request, &outcome, start, &decision_id);
-    let mut response = outcome.decision.to_check_response(&outcome.identity);
+    log_decision(request, &outcome, start, &decision_id, dry_run);
+    let mut response = match dry_run {
+        // A denial before any identity was established removes the identity headers.
+        true if outcome.identity.is_empty() => outcome
+            .decision
+            .dry_run()
+            .to_check_response(&authorizer.no_identity()),
+        true => outcome
+            .decision
+            .dry_run()
+            .to_check_response(&outcome.identity),
+        false => outcome.decision.to_check_response(&outcome.identity),
+    };
     response
         .dynamic_metadata
         .get_or_insert_with(Default::default)
@@ -64,7 +81,13 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
 /// One line per decision. The path is logged without its query string (queries carry
 /// secrets too often), and never a token. A denial that is not the policy's own answer says
 /// why (`authz.detail`); failures that are onbehalf's, not the client's, log at warn.
-fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant, decision_id: &str) {
+fn log_decision(
+    request: &CheckRequest,
+    outcome: &Outcome,
+    start: Instant,
+    decision_id: &str,
+    dry_run: bool,
+) {
     let http = request
         .attributes
         .as_ref()
@@ -100,6 +123,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant, decis
             policy.revision = revision,
             authz.duration_us = micros,
             authz.decision_id = decision_id,
+            authz.dry_run = dry_run,
             "Request allowed"
         );
         return;
@@ -120,6 +144,7 @@ fn log_decision(request: &CheckRequest, outcome: &Outcome, start: Instant, decis
                 policy.revision = revision,
                 authz.duration_us = micros,
                 authz.decision_id = decision_id,
+                authz.dry_run = dry_run,
                 "Request denied"
             )
         };

@@ -25,6 +25,8 @@ pub struct Authorizer {
     authn_required: bool,
     /// Decodes gRPC request bodies (`policy.proto_descriptors`).
     grpc_bodies: Option<Arc<GrpcBodies>>,
+    /// `policy.dry_run` and `authn.dry_run`.
+    dry_run: (bool, bool),
     identity_headers: HeaderNames,
     verifier: Verifier,
     policies: Arc<PolicyStore>,
@@ -99,6 +101,7 @@ impl Authorizer {
             token_header: config.authn.header.clone(),
             authn_required: config.authn.required,
             grpc_bodies: None,
+            dry_run: (config.policy.dry_run, config.authn.dry_run),
             identity_headers: config.headers.clone(),
             verifier,
             policies,
@@ -128,6 +131,39 @@ impl Authorizer {
     /// What decodes gRPC request bodies, when descriptors are configured.
     pub fn grpc_bodies(&self) -> Option<&GrpcBodies> {
         self.grpc_bodies.as_deref()
+    }
+
+    /// Whether `decision` is answered with an allow because of `policy.dry_run`: every
+    /// denial, except a missing or unverified token unless `authn.dry_run`.
+    pub fn dry_run_allows(&self, decision: &Decision) -> bool {
+        let (policy, authn) = self.dry_run;
+        match decision {
+            Decision::Allow(_) => false,
+            Decision::Deny(d) => {
+                policy
+                    && (authn
+                        || !matches!(
+                            d.reason,
+                            DenyReason::MissingToken | DenyReason::InvalidToken
+                        ))
+            }
+        }
+    }
+
+    /// Whether `policy.dry_run` is on.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run.0
+    }
+
+    /// The identity headers to remove when no identity was established: neither the client
+    /// nor anything else may set them then.
+    pub fn no_identity(&self) -> Vec<(String, Option<String>)> {
+        let names = &self.identity_headers;
+        vec![
+            (names.subject.clone(), None),
+            (names.actor.clone(), None),
+            (names.chain.clone(), None),
+        ]
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -276,12 +312,7 @@ impl Authorizer {
                 outcome,
             )
             .await?;
-        let names = &self.identity_headers;
-        outcome.identity = vec![
-            (names.subject.clone(), None),
-            (names.actor.clone(), None),
-            (names.chain.clone(), None),
-        ];
+        outcome.identity = self.no_identity();
         Ok(decision)
     }
 

@@ -92,6 +92,8 @@ impl ExchangeResult {
 pub struct Metrics {
     allowed: AtomicU64,
     denied: [AtomicU64; DenyReason::ALL.len()],
+    /// Denials answered with an allow by `policy.dry_run`, by reason.
+    dry_run_allowed: [AtomicU64; DenyReason::ALL.len()],
     decision_hits: AtomicU64,
     decision_misses: AtomicU64,
     decision_uncacheable: AtomicU64,
@@ -171,6 +173,19 @@ impl Metrics {
         self.allowed.load(Ordering::Relaxed)
     }
 
+    /// A denial for `reason` answered with an allow (`policy.dry_run`).
+    pub fn dry_run_allowed(&self, reason: DenyReason) {
+        if let Some(c) = self.dry_run_allowed.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dry_run_allowed_count(&self, reason: DenyReason) -> u64 {
+        self.dry_run_allowed
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     pub fn denied(&self, reason: DenyReason) -> u64 {
         self.denied
             .get(reason as usize)
@@ -197,6 +212,20 @@ impl Metrics {
                 "onbehalf_decisions_total{{decision=\"deny\",reason=\"{}\"}} {}",
                 reason.label(),
                 self.denied(reason)
+            );
+        }
+        family(
+            &mut out,
+            "onbehalf_dry_run_allowed_total",
+            "counter",
+            "Denials answered with an allow by policy.dry_run, by the reason of the would-be denial (also counted in onbehalf_decisions_total).",
+        );
+        for reason in DenyReason::ALL {
+            let _ = writeln!(
+                out,
+                "onbehalf_dry_run_allowed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.dry_run_allowed_count(reason)
             );
         }
         family(

@@ -643,3 +643,87 @@ async fn shutdown_under_load_turns_unready_first_and_drops_nothing() {
         "the listener is closed after the drain"
     );
 }
+
+/// `policy.dry_run`: every decision is made, logged and counted, then the request passes with
+/// the would-be decision in `x-onbehalf-dry-run`; a token that does not verify is still
+/// refused unless `authn.dry_run` too.
+#[tokio::test]
+async fn dry_run_decides_counts_and_lets_requests_pass() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let issuers = remote_issuer(&idp);
+    let base = config_yaml(&issuers);
+    let alice = sign(
+        "rsa-1",
+        &delegation(&idp.issuer(), &["travel-agent"], "book_flight"),
+    );
+    let bearer = format!("Bearer {alice}");
+    for authn_dry_run in [false, true] {
+        let yaml = base
+            .replace("policy:\n", "policy:\n  dry_run: true\n")
+            .replace("authn:\n", &format!("authn:\n  dry_run: {authn_dry_run}\n"));
+        let s = Sidecar::start(&yaml).await;
+        s.wait_ready().await;
+
+        // The shipped policy allows the travel agent to book: passes, marked allow.
+        let booked = s.check_token("POST", "/flights/bookings", &alice).await;
+        assert_eq!(booked.status, 200, "{}", booked.body);
+        assert_eq!(
+            booked
+                .response_headers
+                .get("x-onbehalf-dry-run")
+                .map(String::as_str),
+            Some("allow")
+        );
+        // It denies the admin pages: passes anyway, with the verified identity, marked deny.
+        let admin = s
+            .check(
+                "GET",
+                "/admin/users",
+                &[("authorization", &bearer), ("x-onbehalf-subject", "root")],
+            )
+            .await;
+        assert_eq!(admin.status, 200, "{}", admin.body);
+        assert_eq!(
+            admin
+                .response_headers
+                .get("x-onbehalf-dry-run")
+                .map(String::as_str),
+            Some("deny; status=403; reason=policy")
+        );
+        assert_eq!(admin.header("x-onbehalf-subject"), Some("alice"));
+        // No token: refused, unless authn.dry_run; then it passes without identity headers.
+        let anonymous = s
+            .check("GET", "/admin/users", &[("x-onbehalf-subject", "root")])
+            .await;
+        match authn_dry_run {
+            false => assert_eq!(anonymous.status, 401, "{}", anonymous.body),
+            true => {
+                assert_eq!(anonymous.status, 200, "{}", anonymous.body);
+                assert_eq!(
+                    anonymous
+                        .response_headers
+                        .get("x-onbehalf-dry-run")
+                        .map(String::as_str),
+                    Some("deny; status=401; reason=missing_token")
+                );
+                assert!(anonymous.header("x-onbehalf-subject").is_none());
+                assert!(anonymous.removed.iter().any(|h| h == "x-onbehalf-subject"));
+            }
+        }
+        // Counted as decided, and as passed by the dry run.
+        let metrics = s.metrics().await;
+        for line in [
+            "onbehalf_decisions_total{decision=\"deny\",reason=\"policy\"} 1",
+            "onbehalf_decisions_total{decision=\"deny\",reason=\"missing_token\"} 1",
+            "onbehalf_dry_run_allowed_total{reason=\"policy\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+        }
+        let passed_without_token = format!(
+            "onbehalf_dry_run_allowed_total{{reason=\"missing_token\"}} {}",
+            u8::from(authn_dry_run)
+        );
+        assert!(metrics.contains(&passed_without_token), "{metrics}");
+        s.stop().await;
+    }
+}

@@ -301,6 +301,8 @@ pub struct Reply {
     pub headers: HashMap<String, Vec<String>>,
     pub removed: Vec<String>,
     pub body: String,
+    /// Headers for the client's response (`response_headers_to_add` of an allow).
+    pub response_headers: HashMap<String, String>,
 }
 
 impl From<CheckResponse> for Reply {
@@ -324,6 +326,12 @@ impl From<CheckResponse> for Reply {
                     headers,
                     removed: ok.headers_to_remove,
                     body: String::new(),
+                    response_headers: ok
+                        .response_headers_to_add
+                        .iter()
+                        .filter_map(|h| h.header.as_ref())
+                        .map(|h| (h.key.clone(), h.value.clone()))
+                        .collect(),
                 }
             }
             Some(HttpResponse::DeniedResponse(d)) => {
@@ -334,6 +342,7 @@ impl From<CheckResponse> for Reply {
                     headers,
                     removed: Vec::new(),
                     body: d.body,
+                    response_headers: HashMap::new(),
                 }
             }
             _ => Reply {
@@ -342,6 +351,7 @@ impl From<CheckResponse> for Reply {
                 headers,
                 removed: Vec::new(),
                 body: String::new(),
+                response_headers: HashMap::new(),
             },
         }
     }
