@@ -77,7 +77,7 @@ allowed if {
 	within_fare_limit
 }
 
-booking_call if input.parsed_path == ["demo.flights.v1.FlightService", "BookFlight"]
+booking_call if path_has_prefix(input.parsed_path, ["demo.flights.v1.FlightService", "BookFlight"])
 
 within_fare_limit if not booking_call
 

@@ -53,8 +53,16 @@ impl FlightService for FlightDesk {
         let booked_for = header("x-onbehalf-subject");
         let booked_by = header("x-onbehalf-actor");
         let booking = request.into_inner();
-        if !TIMETABLE.iter().any(|(f, ..)| *f == booking.flight) {
+        let Some((.., fare)) = TIMETABLE.iter().find(|(f, ..)| *f == booking.flight) else {
             return Err(Status::not_found(format!("no flight {}", booking.flight)));
+        };
+        // The price in the message is what the agent pays (and what policy judged): never
+        // less than the fare.
+        if booking.price < *fare {
+            return Err(Status::failed_precondition(format!(
+                "the fare of {} is {fare} EUR",
+                booking.flight
+            )));
         }
         Ok(Response::new(BookFlightResponse {
             booking_id: crate::ids::random_id(),

@@ -127,7 +127,12 @@ impl<'a> CheckInput<'a> {
         let parsed_body = match truncated_body {
             true => None,
             // As OPA-Envoy: only what Envoy sent as raw bytes (`pack_as_bytes`) is decoded.
-            false if content_type.is_some_and(|c| c.contains("application/grpc")) => {
+            // JSON first, as OPA-Envoy matches them.
+            false
+                if content_type.is_some_and(|c| {
+                    c.contains("application/grpc") && !c.contains("application/json")
+                }) =>
+            {
                 match (grpc, http.raw_body.is_empty()) {
                     (Some(grpc), false) => {
                         let path: Vec<&str> = match &parsed_path {

@@ -156,14 +156,23 @@ impl Authorizer {
     }
 
     /// The identity headers to remove when no identity was established: neither the client
-    /// nor anything else may set them then.
+    /// nor anything else may set them then. With minting on, the upstream token's header
+    /// too: only onbehalf sets it, so a client's copy (a replayed minted token) never passes.
+    /// When that is the bearer header itself, a bearer credential in it was refused already,
+    /// and another scheme (`Basic`) passes for the upstream.
     pub fn no_identity(&self) -> Vec<(String, Option<String>)> {
         let names = &self.identity_headers;
-        vec![
+        let mut headers = vec![
             (names.subject.clone(), None),
             (names.actor.clone(), None),
             (names.chain.clone(), None),
-        ]
+        ];
+        if let Some(minter) = &self.minter
+            && minter.header() != self.token_header
+        {
+            headers.push((minter.header().to_string(), None));
+        }
+        headers
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -296,7 +305,8 @@ impl Authorizer {
 
     /// A request without a token, judged by the policy with `subject`, `actor`, `delegation`
     /// and `token` null. Identity headers are removed (a client cannot forge them) and
-    /// nothing is minted: an upstream token needs someone to act for.
+    /// nothing is minted: an upstream token needs someone to act for. With minting on, such
+    /// an allow follows `mint.without_grant`, as an allow without a grant does.
     async fn anonymous(
         &self,
         snapshot: &Arc<PolicySnapshot>,
@@ -313,6 +323,13 @@ impl Authorizer {
             )
             .await?;
         outcome.identity = self.no_identity();
+        if let Some(minter) = &self.minter {
+            // An allow that brings no upstream token follows mint.without_grant.
+            if decision.is_allow() && minter.without_grant() == WithoutGrant::Deny {
+                self.metrics.mint(MintResult::NoGrant);
+                return Err(CheckError::NoGrant);
+            }
+        }
         Ok(decision)
     }
 

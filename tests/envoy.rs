@@ -921,6 +921,13 @@ async fn grpc_calls_are_decided_on_their_message_through_envoy() {
         .expect_err("denied");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
+    // The fare in the message is what the upstream charges: a lower one passes the policy
+    // and is refused by the airline, never booked below the fare.
+    let cheap = call(booking("OB771", 1.0, "alice".into()), Some(&token))
+        .await
+        .expect_err("refused upstream");
+    assert_eq!(cheap.code(), tonic::Code::FailedPrecondition, "{cheap:?}");
+
     // No token at all: 401, which Envoy answers as UNAUTHENTICATED.
     let anonymous = call(booking("OB101", 612.0, "alice".into()), None)
         .await

@@ -357,3 +357,34 @@ async fn a_new_key_file_signs_at_once_and_the_old_key_stays_published() {
     verify(&sidecar, &after, AUD).await;
     sidecar.stop().await;
 }
+
+/// Without required tokens, an anonymous allow brings no upstream token: it follows
+/// `mint.without_grant`, and a client's own copy of the upstream token's header never passes.
+#[tokio::test]
+async fn anonymous_allows_follow_without_grant_and_never_pass_a_client_upstream_token() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let dir = policy_dir(
+        "package envoy.authz\nimport rego.v1\nallow if input.parsed_path[0] == \"public\"\n",
+    );
+    for (without_grant, status) in [("deny", 403), ("pass", 200)] {
+        let yaml = with_policy(
+            &mint_yaml(
+                &idp,
+                &format!("  header: x-upstream-token\n  without_grant: {without_grant}\n"),
+            ),
+            dir.path(),
+        )
+        .replace("authn:\n", "authn:\n  required: false\n");
+        let s = Sidecar::start(&yaml).await;
+        s.wait_ready().await;
+        let r = s
+            .check("GET", "/public", &[("x-upstream-token", "replayed")])
+            .await;
+        assert_eq!(r.status, status, "{without_grant}: {}", r.body);
+        if status == 200 {
+            assert!(r.header("x-upstream-token").is_none(), "{r:?}");
+            assert!(r.removed.iter().any(|h| h == "x-upstream-token"), "{r:?}");
+        }
+        s.stop().await;
+    }
+}

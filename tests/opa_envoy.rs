@@ -447,7 +447,13 @@ allow if input.subject.id == "alice"
     );
     assert_eq!(basic.status, 200, "{}", basic.body);
     // A bearer token that does not verify is refused, never judged anonymous.
-    for bad in ["Bearer not-a-token", "Bearer a.b.c"] {
+    for bad in [
+        "Bearer not-a-token",
+        "Bearer a.b.c",
+        "Bearer\ta.b.c",
+        "Bearer",
+        "Basic YWxpY2U6cGFzc3dvcmQ=,Bearer a.b.c",
+    ] {
         let reply =
             Reply::from(ask(&s, anonymous("/public/status", &[("authorization", bad)])).await);
         assert_eq!(reply.status, 401, "{bad}: {}", reply.body);

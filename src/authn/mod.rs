@@ -248,12 +248,26 @@ fn escape_header(id: &str) -> String {
 }
 
 /// Takes the token out of a header value of the form `Bearer <token>` (RFC 6750 §2.1).
+///
+/// `NotBearer` only when nothing in the value is a bearer credential: a value that tries one
+/// and is not exactly `Bearer <token>` (`Bearer\t<token>`, a bare `Bearer`, or
+/// `Basic x,Bearer y` from two headers Envoy joined) is `Malformed`, never taken for another
+/// scheme (which `authn.required: false` would judge anonymous).
 pub fn extract_bearer(value: Option<&str>) -> Result<&str, AuthnError> {
     let value = value.map(str::trim).filter(|v| !v.is_empty());
     let value = value.ok_or(AuthnError::Missing)?;
-    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::NotBearer)?;
+    let not_bearer = || match value.split(',').any(|credential| {
+        credential
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer"))
+    }) {
+        true => AuthnError::Malformed,
+        false => AuthnError::NotBearer,
+    };
+    let (scheme, token) = value.split_once(' ').ok_or_else(not_bearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthnError::NotBearer);
+        return Err(not_bearer());
     }
     let token = token.trim_start();
     // Only the shape here: the JWT decoder refuses anything that is not base64url.

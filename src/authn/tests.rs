@@ -103,7 +103,20 @@ fn bearer_extraction() {
         extract_bearer(Some("Basic dXNlcjpwdw==")),
         Err(AuthnError::NotBearer)
     );
-    assert_eq!(extract_bearer(Some("Bearer")), Err(AuthnError::NotBearer));
+    // Anything that tries a bearer credential is one, malformed, never another scheme
+    // (which authn.required: false would judge anonymous).
+    for tried in [
+        "Bearer",
+        "Bearer\tabc.def.ghi",
+        "Basic dXNlcjpwdw==,Bearer abc.def.ghi",
+        "BEARER",
+    ] {
+        assert_eq!(
+            extract_bearer(Some(tried)),
+            Err(AuthnError::Malformed),
+            "{tried}"
+        );
+    }
     assert_eq!(
         extract_bearer(Some("Bearer a b")),
         Err(AuthnError::Malformed)

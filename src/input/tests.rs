@@ -336,3 +336,27 @@ fn fast_and_slow_agree(req: &CheckRequest) {
         assert_eq!(fast, slow, "{p:?}");
     }
 }
+
+#[test]
+fn json_wins_over_grpc_in_the_content_type_as_in_opa_envoy() {
+    let bodies =
+        super::GrpcBodies::load(&[std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")])
+            .expect("descriptors");
+    let mut req = request(
+        "/demo.flights.v1.FlightService/BookFlight",
+        &[("content-type", "application/json; x=application/grpc")],
+        "",
+    );
+    if let Some(http) = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.raw_body = br#"{"price": 1}"#.to_vec();
+    }
+    let input = CheckInput::read(&req, Some(&bodies)).expect("valid");
+    let doc =
+        serde_json::to_value(input.document(crate::input::TokenParts::anonymous())).expect("json");
+    assert_eq!(doc["parsed_body"], serde_json::json!({"price": 1}));
+}

@@ -107,6 +107,10 @@ impl Alg {
                 jsonwebtoken::crypto::verify(signature, message, key, alg).unwrap_or(false)
             }
             Alg::Es512 => {
+                // Only an EC public key: never an HMAC secret's bytes taken as a point.
+                if key.family() != jsonwebtoken::AlgorithmFamily::Ec {
+                    return false;
+                }
                 let (Ok(point), Ok(signature)) = (key.try_get_as_bytes(), B64URL.decode(signature))
                 else {
                     return false;

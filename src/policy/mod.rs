@@ -200,7 +200,7 @@ impl PolicySet {
             return Err(PolicyError::UnknownFunctions(unknown));
         }
         let reads = analysis::reads(engine.get_modules(), query);
-        let packages = engine
+        let packages: Vec<String> = engine
             .get_modules()
             .iter()
             .filter_map(|m| analysis::dotted(&m.package.refr))
@@ -212,6 +212,12 @@ impl PolicySet {
         let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
+        if packages.iter().any(|p| *p == format!("data.{ENTRY_PACKAGE}")) {
+            return Err(PolicyError::Compile {
+                query: query.to_string(),
+                message: format!("the package name {ENTRY_PACKAGE} is reserved by onbehalf"),
+            });
+        }
         let compile_err = |e: anyhow::Error| PolicyError::Compile {
             query: query.to_string(),
             message: e.to_string(),
