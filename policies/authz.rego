@@ -129,3 +129,23 @@ delegation_ok if {
 		capability in agents[input.actor.id].capabilities
 	}
 }
+
+# The flight search (/flights/search), which envoy.yaml decides by this rule instead of
+# `allow` (policy.queries: search): any employee, directly or through agents that are all
+# listed, may search; no capability needed. The minted token carries read_bookings only.
+default search := {"allowed": false}
+
+search := {
+	"allowed": true,
+	"grant": {
+		"scopes": ["read_bookings"],
+		"audience": input.attributes.request.http.host,
+		"ttl": "60s",
+	},
+} if {
+	input.attributes.request.http.method == "GET"
+	employee
+	every agent in input.delegation.chain {
+		agents[agent.id]
+	}
+}

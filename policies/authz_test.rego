@@ -98,3 +98,13 @@ test_an_undecoded_booking_message_is_denied if {
 		{"parsed_body": null, "truncated_body": true},
 	)
 }
+
+test_any_listed_agent_may_search_for_an_employee if {
+	result := authz.search with input as request("GET", ["flights", "search"], employee, ["ops-agent"], [])
+	result.allowed
+	result.grant.scopes == ["read_bookings"]
+}
+
+test_an_unlisted_agent_may_not_search if {
+	not authz.search.allowed with input as request("GET", ["flights", "search"], employee, ["shady-agent"], [])
+}

@@ -141,6 +141,14 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
     if config.exchange.enabled {
         store = store.require(&config.exchange.policy_query);
     }
+    store = store.with_queries(
+        config
+            .policy
+            .queries
+            .iter()
+            .map(|(name, query)| (name.clone(), query.clone()))
+            .collect(),
+    );
     let store = Arc::new(store);
     let token_cache = config
         .cache

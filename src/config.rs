@@ -243,6 +243,10 @@ pub struct PolicyConfig {
     /// Decide, log and count as usual, then allow: for rolling a new policy out. A token
     /// that does not verify is still refused unless `authn.dry_run` too.
     pub dry_run: bool,
+    /// Other rules a route may select by name (`onbehalf.policy` in Envoy's
+    /// `context_extensions`), each compiled from the same bundle.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub queries: BTreeMap<String, String>,
     pub signing: SigningConfig,
 }
 
@@ -478,11 +482,29 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
 
-        if self.policy.query.trim().is_empty() || !self.policy.query.starts_with("data.") {
+        if !is_rule_path(&self.policy.query) {
             bad(
                 "policy.query".into(),
                 "must be a rule path starting with `data.`, e.g. data.envoy.authz.allow",
             );
+        }
+        for (name, query) in &self.policy.queries {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                bad(
+                    format!("policy.queries.{name}"),
+                    "names are letters, digits, `_` and `-`",
+                );
+            }
+            if !is_rule_path(query) {
+                bad(
+                    format!("policy.queries.{name}"),
+                    "must be a rule path starting with `data.`, e.g. data.mcp.authz.allow",
+                );
+            }
         }
         let p = &self.policy;
         let sources = usize::from(p.dir.is_some())
@@ -957,6 +979,15 @@ fn default_signing_algorithm() -> String {
     "RS256".into()
 }
 
+/// `data.` and dot-separated names of letters, digits and `_`.
+fn is_rule_path(query: &str) -> bool {
+    query.strip_prefix("data.").is_some_and(|rest| {
+        rest.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
@@ -976,6 +1007,7 @@ impl Default for PolicyConfig {
             eval_threads: 0,
             proto_descriptors: Vec::new(),
             dry_run: false,
+            queries: BTreeMap::new(),
             signing: SigningConfig::default(),
         }
     }

@@ -66,6 +66,8 @@ pub enum DenyReason {
     NoGrant,
     /// 503: no policy or keys loaded yet.
     Unavailable,
+    /// 403: the route's settings (Envoy's `context_extensions`) name no configured policy.
+    RouteConfig,
 }
 
 pub const STATUS_BAD_REQUEST: u16 = 400;
@@ -77,7 +79,7 @@ pub const STATUS_UNAVAILABLE: u16 = 503;
 
 impl DenyReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [DenyReason; 9] = [
+    pub const ALL: [DenyReason; 10] = [
         DenyReason::BadRequest,
         DenyReason::MissingToken,
         DenyReason::InvalidToken,
@@ -87,6 +89,7 @@ impl DenyReason {
         DenyReason::EvalTimeout,
         DenyReason::NoGrant,
         DenyReason::Unavailable,
+        DenyReason::RouteConfig,
     ];
 
     /// A short, stable label for logs and metrics.
@@ -101,6 +104,7 @@ impl DenyReason {
             DenyReason::EvalTimeout => "eval_timeout",
             DenyReason::NoGrant => "no_grant",
             DenyReason::Unavailable => "unavailable",
+            DenyReason::RouteConfig => "route_config",
         }
     }
 }

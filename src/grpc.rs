@@ -44,8 +44,12 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
     };
     // Counted and logged as decided; under `policy.dry_run`, answered with an allow.
     authorizer.metrics().record(&outcome.decision);
-    let dry_run = authorizer.dry_run()
-        && (outcome.decision.is_allow() || authorizer.dry_run_allows(&outcome.decision));
+    let dry_run_route = match crate::input::route_setting(request, "dry_run") {
+        Some("true") => true,
+        Some("false") => false,
+        _ => authorizer.dry_run(),
+    };
+    let dry_run = dry_run_route && authorizer.dry_run_passes(&outcome.decision);
     if let (true, Decision::Deny(d)) = (dry_run, &*outcome.decision) {
         authorizer.metrics().dry_run_allowed(d.reason);
     }
@@ -150,7 +154,10 @@ fn log_decision(
         };
     }
     match d.reason {
-        DenyReason::Internal | DenyReason::PolicyResult | DenyReason::EvalTimeout => {
+        DenyReason::Internal
+        | DenyReason::PolicyResult
+        | DenyReason::EvalTimeout
+        | DenyReason::RouteConfig => {
             denied!(warn)
         }
         _ => denied!(info),

@@ -170,7 +170,30 @@ impl<'a> CheckInput<'a> {
     }
 }
 
+/// Prefix of onbehalf's per-route settings in Envoy's `context_extensions`.
+pub const ROUTE_SETTING_PREFIX: &str = "onbehalf.";
+
+/// The per-route setting `name` (`onbehalf.<name>` in the route's `context_extensions`, set
+/// with `ExtAuthzPerRoute.check_settings`).
+pub fn route_setting<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
+    req.attributes
+        .as_ref()?
+        .context_extensions
+        .iter()
+        .find(|(k, _)| k.strip_prefix(ROUTE_SETTING_PREFIX) == Some(name))
+        .map(|(_, v)| v.as_str())
+}
+
 impl CheckInput<'_> {
+    /// The per-route setting `name` (see `route_setting`).
+    pub fn route_setting(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .context_extensions
+            .iter()
+            .find(|(k, _)| k.strip_prefix(ROUTE_SETTING_PREFIX) == Some(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }

@@ -1,6 +1,6 @@
-//! The decision-cache key: the policy generation plus the values at every path of the input
-//! document the compiled policy can read (`policy::analysis::reads`), so that a hit is exactly
-//! what a fresh evaluation would answer.
+//! The decision-cache key: the compiled policy set (one per rule and activation) plus the
+//! values at every path of the input document it can read (`policy::analysis::reads`), so
+//! that a hit is exactly what a fresh evaluation would answer.
 //!
 //! Paths are written with their length and each value as canonical JSON (`U` where
 //! undefined), so no two different inputs feed the same bytes.
@@ -20,22 +20,23 @@ pub enum KeyError {
     Claims(#[from] AuthnError),
 }
 
-/// The key of one decision for policy `generation`, which reads `paths`. The token-derived
-/// share is computed once per token and generation (memoised in `auth`); when it has to
+/// The key of one decision by the compiled policy `set` (`PolicySet::id`: unique per rule and
+/// activation), which reads `paths`. The token-derived share is computed once per token and
+/// set (memoised in `auth`); when it has to
 /// build the token's document parts, it leaves them in `parts` for the evaluation that
 /// follows a miss. Without `auth` (an anonymous request) the share is that of
 /// `TokenParts::anonymous`, whose nulls no verified token's parts hold.
 pub fn decision_key(
-    generation: u64,
+    set: u64,
     paths: &[Vec<Segment>],
     input: &CheckInput<'_>,
     auth: Option<&Authenticated>,
     parts: &mut Option<TokenParts>,
 ) -> Result<Digest, KeyError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(&generation.to_be_bytes());
+    ctx.update(&set.to_be_bytes());
     let share = match auth {
-        Some(auth) => token_share(generation, paths, auth, parts)?,
+        Some(auth) => token_share(set, paths, auth, parts)?,
         None => token_part_digest(parts.get_or_insert_with(TokenParts::anonymous), paths)?,
     };
     ctx.update(&share);
@@ -53,12 +54,12 @@ pub fn decision_key(
 /// The token-derived share of a key: what the policy reads of `subject`, `actor`,
 /// `delegation` and `token`.
 fn token_share(
-    generation: u64,
+    set: u64,
     paths: &[Vec<Segment>],
     auth: &Authenticated,
     parts: &mut Option<TokenParts>,
 ) -> Result<Digest, KeyError> {
-    if let Some(digest) = auth.key_part(generation) {
+    if let Some(digest) = auth.key_part(set) {
         return Ok(digest);
     }
     let built = match parts {
@@ -66,7 +67,7 @@ fn token_share(
         None => parts.insert(auth.parts()?),
     };
     let digest = token_part_digest(built, paths)?;
-    auth.set_key_part(generation, digest);
+    auth.set_key_part(set, digest);
     Ok(digest)
 }
 

@@ -133,24 +133,22 @@ impl Authorizer {
         self.grpc_bodies.as_deref()
     }
 
-    /// Whether `decision` is answered with an allow because of `policy.dry_run`: every
-    /// denial, except a missing or unverified token unless `authn.dry_run`.
-    pub fn dry_run_allows(&self, decision: &Decision) -> bool {
-        let (policy, authn) = self.dry_run;
+    /// Whether a dry run answers `decision` with an allow: every decision, except a denial
+    /// for a missing or unverified token unless `authn.dry_run`.
+    pub fn dry_run_passes(&self, decision: &Decision) -> bool {
         match decision {
-            Decision::Allow(_) => false,
+            Decision::Allow(_) => true,
             Decision::Deny(d) => {
-                policy
-                    && (authn
-                        || !matches!(
-                            d.reason,
-                            DenyReason::MissingToken | DenyReason::InvalidToken
-                        ))
+                self.dry_run.1
+                    || !matches!(
+                        d.reason,
+                        DenyReason::MissingToken | DenyReason::InvalidToken
+                    )
             }
         }
     }
 
-    /// Whether `policy.dry_run` is on.
+    /// Whether `policy.dry_run` is on (a route may say otherwise: `onbehalf.dry_run`).
     pub fn dry_run(&self) -> bool {
         self.dry_run.0
     }
@@ -241,10 +239,22 @@ impl Authorizer {
         let snapshot = state.policy.clone().ok_or(CheckError::NotReady)?;
         outcome.revision = Some(snapshot.policies.revision().clone());
 
+        // The route's rule (`onbehalf.policy`), checked before any token work.
+        let rule = input.route_setting("policy");
+        if snapshot.select(rule).is_none() {
+            return Err(CheckError::RoutePolicy(
+                rule.unwrap_or_default().to_string(),
+            ));
+        }
+        let required = match input.route_setting("authn_required") {
+            Some("false") => false,
+            Some("true") => true,
+            _ => self.authn_required,
+        };
         let token = match authn::extract_bearer(input.header(&self.token_header)) {
             // No bearer token at all (no header, or another scheme the policy may judge):
             // anonymous, when allowed. A bearer token that does not verify never is.
-            Err(AuthnError::Missing | AuthnError::NotBearer) if !self.authn_required => {
+            Err(AuthnError::Missing | AuthnError::NotBearer) if !required => {
                 return self.anonymous(&snapshot, input, outcome).await;
             }
             token => token?,
@@ -346,7 +356,10 @@ impl Authorizer {
         mut parts: Option<TokenParts>,
         outcome: &mut Outcome,
     ) -> Result<Arc<Decision>, CheckError> {
-        let policies = &snapshot.policies;
+        let rule = input.route_setting("policy");
+        let policies = snapshot
+            .select(rule)
+            .ok_or_else(|| CheckError::RoutePolicy(rule.unwrap_or_default().to_string()))?;
         let reads = policies.reads();
         let cache = self
             .decisions
@@ -355,7 +368,7 @@ impl Authorizer {
         // Token parts built for the key are reused by the evaluation on a miss.
         let key = match cache {
             Some(_) => Some(crate::key::decision_key(
-                snapshot.generation,
+                policies.id(),
                 &reads.input_paths,
                 input,
                 auth,
@@ -380,7 +393,11 @@ impl Authorizer {
         let document = input.document(parts);
         outcome.input = Some(document.clone());
         let result = match policies.evaluate(document.clone(), Budget::Inline(self.inline_budget)) {
-            Err(PolicyError::OverBudget) => self.evaluate_aside(snapshot.clone(), document).await?,
+            Err(PolicyError::OverBudget) => {
+                let rule = rule.map(str::to_string);
+                self.evaluate_aside(snapshot.clone(), rule, document)
+                    .await?
+            }
             result => result?,
         };
         outcome.result = Some(result.clone());
@@ -406,6 +423,7 @@ impl Authorizer {
     async fn evaluate_aside(
         &self,
         snapshot: Arc<PolicySnapshot>,
+        rule: Option<String>,
         document: Value,
     ) -> Result<Value, CheckError> {
         self.metrics.evaluated_aside();
@@ -417,7 +435,10 @@ impl Authorizer {
         let limit = Budget::Full(self.eval_timeout);
         tokio::task::spawn_blocking(move || {
             yield_to_serving_threads();
-            snapshot.policies.evaluate(document, limit)
+            match snapshot.select(rule.as_deref()) {
+                Some(policies) => policies.evaluate(document, limit),
+                None => Err(PolicyError::Undefined(rule.unwrap_or_default())),
+            }
         })
         .await
         .map_err(|e| CheckError::Aside(e.to_string()))?
@@ -511,6 +532,8 @@ pub enum CheckError {
     Aside(String),
     #[error("the policy allowed without a grant and mint.without_grant is deny")]
     NoGrant,
+    #[error("the route selects the policy `{0}`, which policy.queries does not name")]
+    RoutePolicy(String),
     #[error("minting the upstream token failed: {0}")]
     Mint(#[from] MintError),
 }
@@ -529,6 +552,7 @@ pub fn rescue(e: &CheckError) -> Decision {
         CheckError::Policy(PolicyError::Timeout { .. }) => Decision::deny(DenyReason::EvalTimeout),
         CheckError::Verdict(_) => Decision::deny(DenyReason::PolicyResult),
         CheckError::NoGrant => Decision::deny(DenyReason::NoGrant),
+        CheckError::RoutePolicy(_) => Decision::deny(DenyReason::RouteConfig),
         CheckError::Claims(_)
         | CheckError::Key(_)
         | CheckError::Policy(_)

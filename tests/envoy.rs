@@ -985,3 +985,68 @@ async fn grpc_calls_are_decided_on_their_message_through_envoy() {
     let _ = stop_flights.send(());
     let _ = desk.await;
 }
+
+/// Routes configure onbehalf from Envoy's side (the repository's envoy.yaml, with
+/// `ExtAuthzPerRoute`): `/public/` is never checked, `/flights/search` is decided by another
+/// rule of the policy (`onbehalf.policy: search`), `/beta/` is a dry run.
+#[tokio::test]
+async fn routes_choose_no_check_another_rule_or_a_dry_run_through_envoy() {
+    let echo = EchoServer::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = demo_config(dir.path(), grpc, admin, |c| c);
+    let _onbehalf = start_onbehalf(dir.path(), &config, admin).await;
+    let _envoy = start_repo_envoy(dir.path(), listen, grpc, echo.addr.port(), envoy_admin).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = client
+            .get(format!("http://127.0.0.1:{listen}{path}"))
+            .header("host", "service-b");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    // Booking scope only: the main rule refuses GET /flights (read_bookings is missing).
+    let booker = alice(&["--act", "travel-agent", "--scope", "book_flight"]);
+    let listing = get("/flights", Some(&booker)).await.expect("request");
+    assert_eq!(listing.status(), 403);
+
+    // The search route's own rule lets any listed agent search, and mints read_bookings.
+    let search = get("/flights/search?to=JFK", Some(&booker))
+        .await
+        .expect("request");
+    assert_eq!(search.status(), 200);
+    let echoed: Value = search.json().await.expect("echo json");
+    let minted = echoed["headers"]["authorization"][0]
+        .as_str()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| t.split('.').nth(1))
+        .expect("a minted token");
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, minted)
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["scope"], "read_bookings", "{claims}");
+    let shady = alice(&["--act", "shady-agent", "--scope", "book_flight"]);
+    let refused = get("/flights/search", Some(&shady)).await.expect("request");
+    assert_eq!(refused.status(), 403);
+
+    // Public: no token needed, onbehalf is not asked.
+    let public = get("/public/status", None).await.expect("request");
+    assert_eq!(public.status(), 200);
+
+    // Dry run: the policy's denial is decided and reported, and the request passes; a
+    // missing token is still refused.
+    let beta = get("/beta/feature", Some(&booker)).await.expect("request");
+    assert_eq!(beta.status(), 200);
+    assert_eq!(
+        beta.headers()
+            .get("x-onbehalf-dry-run")
+            .and_then(|v| v.to_str().ok()),
+        Some("deny; status=403; reason=policy")
+    );
+    let anonymous = get("/beta/feature", None).await.expect("request");
+    assert_eq!(anonymous.status(), 401);
+}

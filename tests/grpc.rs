@@ -727,3 +727,64 @@ async fn dry_run_decides_counts_and_lets_requests_pass() {
         s.stop().await;
     }
 }
+
+/// `policy.queries` and `onbehalf.policy`: a route decides by another rule of the same bundle;
+/// the decision cache never answers one rule with the other's entry; an unknown name denies.
+#[tokio::test]
+async fn a_route_selects_its_rule_and_the_cache_keeps_rules_apart() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("authz.rego"),
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\n\
+         default open := false\nopen if input.subject.id == \"alice\"\n",
+    )
+    .expect("policy");
+    let yaml = config_yaml(&remote_issuer(&idp))
+        .replace(
+            &repo().join("policies").display().to_string(),
+            &dir.path().display().to_string(),
+        )
+        .replace(
+            "policy:\n",
+            "policy:\n  queries:\n    open: data.envoy.authz.open\n",
+        );
+    let s = Sidecar::start(&yaml).await;
+    s.wait_ready().await;
+    let token = sign("rsa-1", &delegation(&idp.issuer(), &[], "read_bookings"));
+    let bearer = format!("Bearer {token}");
+    let ask = |rule: Option<&str>| {
+        let mut req = check_request("GET", "/flights", &[("authorization", &bearer)]);
+        if let (Some(rule), Some(attrs)) = (rule, req.attributes.as_mut()) {
+            attrs
+                .context_extensions
+                .insert("onbehalf.policy".into(), rule.into());
+        }
+        let mut client = s.client.clone();
+        async move {
+            Reply::from(
+                client
+                    .check(req)
+                    .await
+                    .expect("Check returns a decision")
+                    .into_inner(),
+            )
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(None).await.status, 403);
+        assert_eq!(ask(Some("open")).await.status, 200);
+    }
+    let unknown = ask(Some("nope")).await;
+    assert_eq!(unknown.status, 403, "{}", unknown.body);
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"route_config\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("onbehalf_decision_cache_total{result=\"hit\"} 4"),
+        "{metrics}"
+    );
+    s.stop().await;
+}

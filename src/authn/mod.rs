@@ -86,8 +86,9 @@ pub struct Authenticated {
     /// The verified claims as the issuer signed them (JSON): the input document's
     /// token-derived parts are rebuilt from it when a cached token meets a new decision.
     claims: Box<str>,
-    /// Digest of what the current policy reads of `parts`, by policy generation: the
-    /// token-derived share of a decision-cache key, computed once per token and policy.
+    /// Digest of what the current policy reads of `parts`, by compiled policy set
+    /// (`PolicySet::id`): the token-derived share of a decision-cache key, computed once per
+    /// token and policy.
     key_part: arc_swap::ArcSwapOption<(u64, Digest)>,
 }
 
@@ -186,18 +187,18 @@ impl Authenticated {
         self.chain.first()
     }
 
-    /// The token-derived share of a decision-cache key for policy `generation`, when it was
-    /// computed already (by `key::decision_key`).
-    pub fn key_part(&self, generation: u64) -> Option<Digest> {
+    /// The token-derived share of a decision-cache key for the compiled policy `set`, when
+    /// it was computed already (by `key::decision_key`).
+    pub fn key_part(&self, set: u64) -> Option<Digest> {
         self.key_part
             .load()
             .as_ref()
-            .filter(|cached| cached.0 == generation)
+            .filter(|cached| cached.0 == set)
             .map(|cached| cached.1)
     }
 
-    pub fn set_key_part(&self, generation: u64, digest: Digest) {
-        self.key_part.store(Some(Arc::new((generation, digest))));
+    pub fn set_key_part(&self, set: u64, digest: Digest) {
+        self.key_part.store(Some(Arc::new((set, digest))));
     }
 }
 

@@ -380,3 +380,18 @@ fn secrets_never_print() {
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains("[redacted]"));
 }
+
+#[test]
+fn route_queries_must_be_named_rule_paths() {
+    let base = "authn:\n  required: false\npolicy:\n  queries:\n";
+    let c = parse(&format!("{base}    mcp: data.mcp.authz.allow\n")).expect("valid");
+    assert_eq!(c.policy.queries["mcp"], "data.mcp.authz.allow");
+    for bad in [
+        "    mcp: mcp.authz.allow\n",
+        "    mcp: \"data.x := 1\"\n",
+        "    \"bad name\": data.x.y\n",
+    ] {
+        let err = parse(&format!("{base}{bad}")).unwrap_err().to_string();
+        assert!(err.contains("policy.queries."), "{bad}: {err}");
+    }
+}

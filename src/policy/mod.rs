@@ -79,6 +79,9 @@ pub fn interpreter_fallbacks() -> u64 {
 
 /// A compiled policy and the rule it answers with. Cheap to share: evaluation takes `&self`.
 pub struct PolicySet {
+    /// Unique to this compiled set in the process: decision-cache keys and the memo of a
+    /// token's share of them are made per set, so that two rules of one bundle never share.
+    id: u64,
     compiled: CompiledPolicy,
     query: Arc<str>,
     /// The rule evaluated for `query`: the query itself, or, when the query names a value
@@ -106,6 +109,8 @@ struct VmProgram {
 }
 
 static NEXT_PROGRAM: AtomicU64 = AtomicU64::new(1);
+
+static NEXT_SET: AtomicU64 = AtomicU64::new(1);
 
 /// The package and rule of the one-line entry rule for a query that is not a rule.
 const ENTRY_PACKAGE: &str = "onbehalf_entrypoint";
@@ -212,7 +217,10 @@ impl PolicySet {
         let data = engine.get_data();
         // As OPA: a builtin error (e.g. to_number("abc")) makes the expression undefined.
         engine.set_strict_builtin_errors(false);
-        if packages.iter().any(|p| *p == format!("data.{ENTRY_PACKAGE}")) {
+        if packages
+            .iter()
+            .any(|p| *p == format!("data.{ENTRY_PACKAGE}"))
+        {
             return Err(PolicyError::Compile {
                 query: query.to_string(),
                 message: format!("the package name {ENTRY_PACKAGE} is reserved by onbehalf"),
@@ -268,6 +276,7 @@ impl PolicySet {
             }
         };
         Ok(PolicySet {
+            id: NEXT_SET.fetch_add(1, Ordering::Relaxed),
             compiled,
             query: query.into(),
             entry: entry.into(),
@@ -282,6 +291,11 @@ impl PolicySet {
 
     pub fn query(&self) -> &str {
         &self.query
+    }
+
+    /// Unique to this compiled set in the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn files(&self) -> &[String] {

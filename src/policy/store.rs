@@ -15,11 +15,28 @@ use super::{Bundle, PolicyError, PolicySet};
 /// One activated policy.
 #[derive(Debug)]
 pub struct PolicySnapshot {
+    /// The policy compiled for `policy.query`.
     pub policies: PolicySet,
+    /// The same bundle compiled for each of `policy.queries`, by name: routes select one
+    /// (`onbehalf.policy` in Envoy's `context_extensions`).
+    pub named: std::collections::HashMap<String, PolicySet>,
     /// Increases by one per activation; part of every cache key that depends on the policy.
     pub generation: u64,
     /// Content digest of the bundle, to skip re-activating identical content.
     pub digest: String,
+}
+
+// === impl PolicySnapshot ===
+
+impl PolicySnapshot {
+    /// The policy a route selects by name (`policy.queries`), or `policy.query`'s without
+    /// one; `None` for a name not configured.
+    pub fn select(&self, name: Option<&str>) -> Option<&PolicySet> {
+        match name {
+            None => Some(&self.policies),
+            Some(name) => self.named.get(name),
+        }
+    }
 }
 
 /// What `/v1/status` reports about the policy.
@@ -49,6 +66,8 @@ pub type ActivationHook = Box<dyn Fn(Arc<PolicySnapshot>) + Send + Sync>;
 /// Holds the active policy and the record of loads.
 pub struct PolicyStore {
     query: String,
+    /// `policy.queries`: name and rule.
+    named: Vec<(String, String)>,
     /// Other queries a bundle must define to be activated (the exchange's).
     required: Vec<String>,
     signing: Signing,
@@ -65,6 +84,7 @@ impl PolicyStore {
     pub fn new(query: &str, source: String, name: String, signing: Signing) -> PolicyStore {
         PolicyStore {
             query: query.to_string(),
+            named: Vec::new(),
             required: Vec::new(),
             signing,
             current: ArcSwapOption::empty(),
@@ -77,6 +97,13 @@ impl PolicyStore {
             activations: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Compiles every bundle for each named query too (`policy.queries`); a bundle that
+    /// does not compile for one is refused.
+    pub fn with_queries(mut self, named: Vec<(String, String)>) -> PolicyStore {
+        self.named = named;
+        self
     }
 
     /// Refuses bundles that define no package for `query`, as it refuses one that does not
@@ -154,20 +181,28 @@ impl PolicyStore {
         }
         bundle.verify(&self.signing.keys, self.signing.required)?;
         let query = self.query.clone();
+        let named = self.named.clone();
         let origin = self.status().name;
         // Compiling takes milliseconds to seconds: keep it off the async workers.
-        let policies =
-            tokio::task::spawn_blocking(move || PolicySet::from_bundle(&bundle, &query, &origin))
-                .await
-                .map_err(|e| PolicyError::Compile {
-                    query: self.query.clone(),
-                    message: format!("the compile task failed: {e}"),
-                })??;
+        let (policies, named) = tokio::task::spawn_blocking(move || {
+            let main = PolicySet::from_bundle(&bundle, &query, &origin)?;
+            let mut sets = std::collections::HashMap::new();
+            for (name, query) in named {
+                sets.insert(name, PolicySet::from_bundle(&bundle, &query, &origin)?);
+            }
+            Ok::<_, PolicyError>((main, sets))
+        })
+        .await
+        .map_err(|e| PolicyError::Compile {
+            query: self.query.clone(),
+            message: format!("the compile task failed: {e}"),
+        })??;
         if let Some(missing) = self.required.iter().find(|q| !policies.defines(q)) {
             return Err(PolicyError::Undefined(missing.clone()));
         }
         Ok(Some(PolicySnapshot {
             policies,
+            named,
             generation: current.map_or(1, |c| c.generation + 1),
             digest,
         }))

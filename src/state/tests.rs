@@ -12,6 +12,7 @@ fn snapshot(generation: u64) -> Arc<PolicySnapshot> {
     .expect("write");
     Arc::new(PolicySnapshot {
         policies: PolicySet::load_dir(dir.path(), "data.p.allow").expect("policy"),
+        named: Default::default(),
         generation,
         digest: generation.to_string(),
     })
