@@ -16,6 +16,8 @@ ENVOY_BIN="$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(en
 export ENVOY_BIN
 export ONBEHALF_TEST_PYTHON="$PWD/$venv/bin/python"
 "$ENVOY_BIN" --version
+# tests/deploy.rs renders deploy/kubernetes with kubectl's kustomize (on this machine kind).
+command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed for tests/deploy.rs" >&2; exit 1; }
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
