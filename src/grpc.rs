@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse,
+};
 use envoy_types::pb::google::protobuf as pbuf;
 use tonic::{Request, Response, Status};
 
@@ -69,6 +72,7 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
             .to_check_response(&outcome.identity),
         false => outcome.decision.to_check_response(&outcome.identity),
     };
+    stamp_decision_id(&mut response, &decision_id);
     response
         .dynamic_metadata
         .get_or_insert_with(Default::default)
@@ -80,6 +84,39 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
             },
         );
     (response, outcome)
+}
+
+/// The header that carries the decision id, to the upstream on an allow (set by onbehalf
+/// alone: a client's is overwritten) and to the client on a denial.
+pub const DECISION_ID_HEADER: &str = "x-onbehalf-decision-id";
+
+/// Puts the decision id where a support request starts from: a header to the upstream or
+/// the client, and, in onbehalf's own JSON error bodies, a `decision_id` member (a body the
+/// policy wrote is left as it wrote it).
+fn stamp_decision_id(response: &mut CheckResponse, decision_id: &str) {
+    let header = HeaderValueOption {
+        header: Some(HeaderValue {
+            key: DECISION_ID_HEADER.into(),
+            value: decision_id.into(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    match &mut response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok.headers.push(header),
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            denied.headers.push(header);
+            if let Ok(serde_json::Value::Object(mut body)) =
+                serde_json::from_str::<serde_json::Value>(&denied.body)
+                && body.contains_key("error")
+            {
+                body.insert("decision_id".into(), decision_id.into());
+                denied.body = serde_json::Value::Object(body).to_string();
+            }
+        }
+        Some(HttpResponse::ErrorResponse(_)) | None => {}
+    }
 }
 
 /// One line per decision. The path is logged without its query string (queries carry

@@ -136,8 +136,25 @@ async fn compare(policy_dir: &std::path::Path, seed: u64, n: usize) -> (u64, u64
 fn without_decision_id(
     mut r: envoy_types::ext_authz::v3::pb::CheckResponse,
 ) -> envoy_types::ext_authz::v3::pb::CheckResponse {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
     if let Some(md) = r.dynamic_metadata.as_mut() {
         assert!(md.fields.remove("decision_id").is_some(), "a decision id");
+    }
+    let is_id = |h: &envoy_types::ext_authz::v3::pb::HeaderValueOption| {
+        h.header
+            .as_ref()
+            .is_some_and(|h| h.key == onbehalf::grpc::DECISION_ID_HEADER)
+    };
+    match r.http_response.as_mut() {
+        Some(HttpResponse::OkResponse(ok)) => ok.headers.retain(|h| !is_id(h)),
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            denied.headers.retain(|h| !is_id(h));
+            if let Ok(serde_json::Value::Object(mut body)) = serde_json::from_str(&denied.body) {
+                body.remove("decision_id");
+                denied.body = serde_json::Value::Object(body).to_string();
+            }
+        }
+        _ => {}
     }
     r
 }

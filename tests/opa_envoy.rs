@@ -320,6 +320,34 @@ allow := {
         assert_eq!(i.len(), 36, "a UUID: {i}");
         assert_eq!(i.as_bytes()[14], b'4', "version 4: {i}");
     }
+    // The id also reaches the upstream in a header (a client's own is overwritten), the
+    // client of a denial in a header, and onbehalf's own JSON error body.
+    let forged = ask(
+        &s,
+        request("GET", "/flights", &[("x-onbehalf-decision-id", "forged")]),
+    )
+    .await;
+    let forged_id = id(&metadata(&forged));
+    let Some(HttpResponse::OkResponse(ok)) = &forged.http_response else {
+        panic!("allowed: {forged:?}");
+    };
+    let upstream: Vec<(&str, i32)> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref().map(|hv| (hv, h.append_action)))
+        .filter(|(hv, _)| hv.key == "x-onbehalf-decision-id")
+        .map(|(hv, action)| (hv.value.as_str(), action))
+        .collect();
+    assert_eq!(upstream, [(forged_id.as_str(), 2)], "overwritten");
+    let refused = Reply::from(ask(&s, check_request("GET", "/flights", &[])).await);
+    let body: Value = serde_json::from_str(&refused.body).expect("json body");
+    let refused_id = body["decision_id"]
+        .as_str()
+        .expect("decision_id in the body");
+    assert_eq!(
+        refused.headers.get("x-onbehalf-decision-id"),
+        Some(&vec![refused_id.to_string()])
+    );
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
     s.stop().await;
