@@ -43,9 +43,12 @@ async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
-    let text = authz
+    let mut text = authz
         .metrics()
         .render(authz.is_ready(), &authz.policies().status());
+    if let Some(log) = authz.decision_log() {
+        text.push_str(&log.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

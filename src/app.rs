@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use crate::authn::TokenCache;
 use crate::authn::{IssuerKeys, Verifier, jwks::KeySource};
 use crate::config::{Config, ListenAddr};
+use crate::decision_log::DecisionLog;
 use crate::exchange::Exchanger;
 use crate::grpc::AuthzService;
 use crate::input::GrpcBodies;
@@ -175,7 +176,21 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
         })?)),
         false => None,
     };
-    let mut authorizer = Authorizer::new(config, verifier, store, minter);
+    // The token's headers are masked in decision logs, whatever they are called here.
+    let mut token_headers = vec![format!(
+        "/input/attributes/request/http/headers/{}",
+        config.authn.header
+    )];
+    if let Some(minter) = &minter {
+        token_headers.push(format!(
+            "/input/attributes/request/http/headers/{}",
+            minter.header()
+        ));
+    }
+    let decision_log = DecisionLog::start(&config.decision_logs, source.name(), token_headers)
+        .context("decision_logs")?;
+    let mut authorizer =
+        Authorizer::new(config, verifier, store, minter).with_decision_log(decision_log);
     if !config.policy.proto_descriptors.is_empty() {
         let bodies = GrpcBodies::load(&config.policy.proto_descriptors)
             .map_err(|e| anyhow::anyhow!("policy.proto_descriptors: {e}"))?;

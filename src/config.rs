@@ -48,6 +48,54 @@ pub struct Config {
     pub mint: MintConfig,
     pub exchange: ExchangeConfig,
     pub log: LogConfig,
+    pub decision_logs: DecisionLogConfig,
+}
+
+/// Decision logs in OPA's shape, written off the request path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// One JSON line per decision on stdout.
+    pub console: bool,
+    /// One JSON line per decision appended to this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// OPA's decision-log upload: batches POSTed as gzip-compressed JSON arrays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Bearer token sent with uploads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<Secret>,
+    /// Entries waiting to be written at most; past it new entries are dropped and counted.
+    pub buffer: usize,
+    /// Entries per write or upload at most.
+    pub max_batch: usize,
+    /// Timeout of one upload.
+    pub timeout: Interval,
+    /// JSON pointers removed from every entry, besides the defaults (the token headers).
+    pub mask: Vec<String>,
+}
+
+impl DecisionLogConfig {
+    /// Whether any sink is configured.
+    pub fn enabled(&self) -> bool {
+        self.console || self.file.is_some() || self.url.is_some()
+    }
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            console: false,
+            file: None,
+            url: None,
+            bearer_token: None,
+            buffer: 10_000,
+            max_batch: 500,
+            timeout: Interval(Duration::from_secs(5)),
+            mask: Vec::new(),
+        }
+    }
 }
 
 /// Just-in-time upstream tokens: on allow, the upstream gets a short-lived token onbehalf
@@ -482,6 +530,29 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
 
+        let logs = &self.decision_logs;
+        if let Some(url) = &logs.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bad(
+                "decision_logs.url".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
+        if logs.buffer == 0 || logs.max_batch == 0 {
+            bad(
+                "decision_logs.buffer".into(),
+                "buffer and max_batch must be at least 1",
+            );
+        }
+        for mask in &logs.mask {
+            if !mask.starts_with("/input") && !mask.starts_with("/result") {
+                bad(
+                    "decision_logs.mask".into(),
+                    "each is a JSON pointer into /input or /result, e.g. /input/parsed_body/password",
+                );
+            }
+        }
         if !is_rule_path(&self.policy.query) {
             bad(
                 "policy.query".into(),

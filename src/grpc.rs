@@ -60,6 +60,30 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
     // response's dynamic metadata (Envoy's access log can print it), cached or not.
     let decision_id = crate::ids::uuid_v4();
     log_decision(request, &outcome, start, &decision_id, dry_run);
+    if let Some(log) = authorizer.decision_log() {
+        let (status, reason) = match &*outcome.decision {
+            Decision::Allow(_) => (200, None),
+            Decision::Deny(d) => (d.status, Some(d.reason.label())),
+        };
+        log.log(crate::decision_log::Entry {
+            decision_id: decision_id.clone(),
+            timestamp: std::time::SystemTime::now(),
+            input: outcome.input.clone(),
+            result: outcome.result.clone(),
+            revision: outcome.revision.clone(),
+            query: outcome.query.clone(),
+            decision: match outcome.decision.is_allow() {
+                true => "allow",
+                false => "deny",
+            },
+            reason,
+            status,
+            dry_run,
+            error: outcome.error.as_ref().map(ToString::to_string),
+            handler_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            cached: outcome.cached,
+        });
+    }
     let mut response = match dry_run {
         // A denial before any identity was established removes the identity headers.
         true if outcome.identity.is_empty() => outcome

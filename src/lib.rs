@@ -25,6 +25,7 @@
 //   state: one snapshot of the policy and every issuer's keys per Check
 //   key: the decision-cache key from the policy's read set, the input and the identity
 //   decision, telemetry: the edge out (Decision -> CheckResponse); counters and logging
+//   decision_log: decision logs in OPA's shape, written off the request path
 //   mint: just-in-time upstream tokens
 //   pipeline: the phase order of one Check
 //   exchange: RFC 8693 token exchange, over the pipeline's verifier and policy
@@ -60,6 +61,8 @@ pub mod key;
 pub mod decision;
 
 pub mod telemetry;
+
+pub mod decision_log;
 
 pub mod mint;
 

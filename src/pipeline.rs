@@ -10,6 +10,7 @@ use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::cache::{DecisionCache, sha256, token_digest};
 use crate::config::{Config, HeaderNames, WithoutGrant};
 use crate::decision::{Decision, DenyReason};
+use crate::decision_log::DecisionLog;
 use crate::input::{CheckInput, GrpcBodies, InputError, TokenParts};
 use crate::key::KeyError;
 use crate::mint::{MintError, MintRequest, Minted, Minter};
@@ -32,7 +33,9 @@ pub struct Authorizer {
     policies: Arc<PolicyStore>,
     /// The policy and every issuer's keys, as one snapshot per Check.
     state: Arc<StateCell>,
-    decisions: Option<DecisionCache<Arc<Decision>>>,
+    decisions: Option<DecisionCache<Arc<Decided>>>,
+    /// Decision logs in OPA's shape, when a sink is configured.
+    decision_log: Option<DecisionLog>,
     minter: Option<Arc<Minter>>,
     /// An evaluation's slice of a serving thread, and its whole time limit elsewhere.
     inline_budget: Duration,
@@ -41,6 +44,14 @@ pub struct Authorizer {
     eval_slots: Arc<Semaphore>,
     metrics: Metrics,
     readiness: Readiness,
+}
+
+/// A decision-cache entry: the decision and the policy result it came from (for the
+/// decision log of a hit).
+#[derive(Debug)]
+pub struct Decided {
+    pub decision: Arc<Decision>,
+    pub result: Value,
 }
 
 /// A decision with what led to it, for logs and `onbehalf check`.
@@ -62,6 +73,10 @@ pub struct Outcome {
     pub revision: Option<Arc<str>>,
     /// The upstream token minted for an allow.
     pub minted: Option<Arc<Minted>>,
+    /// The rule that decided, when decision logs are on.
+    pub query: Option<String>,
+    /// Whether the decision came from the decision cache.
+    pub cached: bool,
 }
 
 /// The decision an `Outcome` holds until its phases have run (one, shared: a Check allocates
@@ -82,6 +97,8 @@ impl Default for Outcome {
             depth: 0,
             revision: None,
             minted: None,
+            query: None,
+            cached: false,
         }
     }
 }
@@ -101,6 +118,7 @@ impl Authorizer {
             token_header: config.authn.header.clone(),
             authn_required: config.authn.required,
             grpc_bodies: None,
+            decision_log: None,
             dry_run: (config.policy.dry_run, config.authn.dry_run),
             identity_headers: config.headers.clone(),
             verifier,
@@ -120,6 +138,17 @@ impl Authorizer {
             metrics: Metrics::default(),
             readiness,
         }
+    }
+
+    /// Writes decision logs through `log`.
+    pub fn with_decision_log(mut self, log: Option<DecisionLog>) -> Authorizer {
+        self.decision_log = log;
+        self
+    }
+
+    /// The decision log, when a sink is configured.
+    pub fn decision_log(&self) -> Option<&DecisionLog> {
+        self.decision_log.as_ref()
     }
 
     /// Decodes gRPC request bodies with `bodies` (loaded from `policy.proto_descriptors`).
@@ -181,7 +210,7 @@ impl Authorizer {
         &self.metrics
     }
 
-    pub fn decision_cache(&self) -> Option<&DecisionCache<Arc<Decision>>> {
+    pub fn decision_cache(&self) -> Option<&DecisionCache<Arc<Decided>>> {
         self.decisions.as_ref()
     }
 
@@ -376,10 +405,24 @@ impl Authorizer {
             )?),
             None => None,
         };
+        if self.decision_log.is_some() {
+            outcome.query = Some(policies.query().to_string());
+        }
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
-                return Ok(hit);
+                outcome.cached = true;
+                // The decision log records the input of a hit too: built only then.
+                if self.decision_log.is_some() {
+                    let parts = match (parts, auth) {
+                        (Some(parts), _) => parts,
+                        (None, Some(auth)) => auth.parts().map_err(CheckError::Claims)?,
+                        (None, None) => TokenParts::anonymous(),
+                    };
+                    outcome.input = Some(input.document(parts));
+                    outcome.result = Some(hit.result.clone());
+                }
+                return Ok(hit.decision.clone());
             }
             self.metrics.decision_cache_miss();
         } else if self.decisions.is_some() {
@@ -409,7 +452,10 @@ impl Authorizer {
             cache.insert(
                 snapshot.generation,
                 key,
-                decision.clone(),
+                Arc::new(Decided {
+                    decision: decision.clone(),
+                    result,
+                }),
                 interned,
                 auth.and_then(|a| a.expires_at),
             );

@@ -5,6 +5,7 @@ mod common;
 
 mod cache;
 mod cli;
+mod decision_logs;
 mod deploy;
 mod envoy;
 mod exchange;
