@@ -40,6 +40,8 @@ pub struct Deny {
     pub reason: DenyReason,
     pub headers: Vec<HeaderOp>,
     pub body: String,
+    /// Whether `body` is onbehalf's own JSON error object (not one the policy wrote).
+    pub own_body: bool,
     pub dynamic_metadata: Option<Map<String, Json>>,
 }
 
@@ -167,6 +169,7 @@ impl Decision {
             reason,
             headers: vec![content_type_json()],
             body: body.to_string(),
+            own_body: true,
             dynamic_metadata: None,
         })
     }
@@ -178,6 +181,7 @@ impl Decision {
             reason: DenyReason::BadRequest,
             headers: vec![content_type_json()],
             body: json!({"error": "invalid_request", "error_description": description}).to_string(),
+            own_body: true,
             dynamic_metadata: None,
         })
     }
@@ -206,6 +210,7 @@ impl Decision {
             reason,
             headers: vec![content_type_json(), set("www-authenticate", challenge)],
             body: json!({"error": "invalid_token", "error_description": e.to_string()}).to_string(),
+            own_body: true,
             dynamic_metadata: None,
         })
     }
@@ -233,6 +238,7 @@ impl Decision {
                 ),
             ));
         }
+        let own_body = v.body.is_none();
         let body = match v.body {
             Some(body) => body,
             None => {
@@ -254,6 +260,7 @@ impl Decision {
             reason: DenyReason::Policy,
             headers,
             body,
+            own_body,
             dynamic_metadata: v.dynamic_metadata,
         })
     }

@@ -96,7 +96,8 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
             .to_check_response(&outcome.identity),
         false => outcome.decision.to_check_response(&outcome.identity),
     };
-    stamp_decision_id(&mut response, &decision_id);
+    let own_body = matches!(&*outcome.decision, Decision::Deny(d) if d.own_body);
+    stamp_decision_id(&mut response, &decision_id, own_body);
     response
         .dynamic_metadata
         .get_or_insert_with(Default::default)
@@ -117,7 +118,7 @@ pub const DECISION_ID_HEADER: &str = "x-onbehalf-decision-id";
 /// Puts the decision id where a support request starts from: a header to the upstream or
 /// the client, and, in onbehalf's own JSON error bodies, a `decision_id` member (a body the
 /// policy wrote is left as it wrote it).
-fn stamp_decision_id(response: &mut CheckResponse, decision_id: &str) {
+fn stamp_decision_id(response: &mut CheckResponse, decision_id: &str, own_body: bool) {
     let header = HeaderValueOption {
         header: Some(HeaderValue {
             key: DECISION_ID_HEADER.into(),
@@ -131,12 +132,13 @@ fn stamp_decision_id(response: &mut CheckResponse, decision_id: &str) {
         Some(HttpResponse::OkResponse(ok)) => ok.headers.push(header),
         Some(HttpResponse::DeniedResponse(denied)) => {
             denied.headers.push(header);
-            if let Ok(serde_json::Value::Object(mut body)) =
-                serde_json::from_str::<serde_json::Value>(&denied.body)
-                && body.contains_key("error")
-            {
-                body.insert("decision_id".into(), decision_id.into());
-                denied.body = serde_json::Value::Object(body).to_string();
+            // onbehalf's own bodies are JSON objects it wrote: the id goes in before the
+            // closing brace (a UUID needs no escaping).
+            if own_body && denied.body.ends_with('}') {
+                denied.body.pop();
+                denied.body.push_str(",\"decision_id\":\"");
+                denied.body.push_str(decision_id);
+                denied.body.push_str("\"}");
             }
         }
         Some(HttpResponse::ErrorResponse(_)) | None => {}
