@@ -187,7 +187,14 @@ pub fn build_authorizer(config: &Config) -> anyhow::Result<(Authorizer, PolicySo
             minter.header()
         ));
     }
-    let decision_log = DecisionLog::start(&config.decision_logs, source.name(), token_headers)
+    // The bundle's name as logs show it, without a URL's query (which may carry a token).
+    let bundle_name = source
+        .name()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let decision_log = DecisionLog::start(&config.decision_logs, bundle_name, token_headers)
         .context("decision_logs")?;
     let mut authorizer =
         Authorizer::new(config, verifier, store, minter).with_decision_log(decision_log);

@@ -90,7 +90,7 @@ impl Default for DecisionLogConfig {
             file: None,
             url: None,
             bearer_token: None,
-            buffer: 10_000,
+            buffer: 1_000,
             max_batch: 500,
             timeout: Interval(Duration::from_secs(5)),
             mask: Vec::new(),

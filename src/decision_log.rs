@@ -55,6 +55,8 @@ pub struct Entry {
 pub struct Counts {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
+    /// Entries a sink could not take (a file write failed, an upload was refused for good).
+    pub failed: AtomicU64,
     pub upload_failures: AtomicU64,
 }
 
@@ -110,7 +112,14 @@ impl DecisionLog {
             max_batch: config.max_batch.max(1),
             counts: counts.clone(),
         };
-        tokio::spawn(writer.run(rx));
+        // Its own thread and runtime: a stalled stdout, file or compression never holds the
+        // threads that serve checks, probes or the admin port.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || runtime.block_on(writer.run(rx)))?;
         Ok(Some(DecisionLog { tx, counts }))
     }
 
@@ -129,15 +138,17 @@ impl DecisionLog {
     pub fn render(&self) -> String {
         let c = &self.counts;
         format!(
-            "# HELP onbehalf_decision_logs_total Decision-log entries by outcome: written (to every sink), dropped (the queue was full).\n\
+            "# HELP onbehalf_decision_logs_total Decision-log entries by outcome: written (by every sink), dropped (the queue was full), failed (a sink could not take them).\n\
              # TYPE onbehalf_decision_logs_total counter\n\
              onbehalf_decision_logs_total{{result=\"written\"}} {}\n\
              onbehalf_decision_logs_total{{result=\"dropped\"}} {}\n\
+             onbehalf_decision_logs_total{{result=\"failed\"}} {}\n\
              # HELP onbehalf_decision_log_upload_failures_total Failed uploads to decision_logs.url (each retried).\n\
              # TYPE onbehalf_decision_log_upload_failures_total counter\n\
              onbehalf_decision_log_upload_failures_total {}\n",
             c.written.load(Ordering::Relaxed),
             c.dropped.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
             c.upload_failures.load(Ordering::Relaxed),
         )
     }
@@ -194,6 +205,7 @@ impl Writer {
                 }
                 let _ = out.flush();
             }
+            let mut taken = self.file.is_none() || file.is_some();
             if let Some(f) = file.as_mut() {
                 let mut lines = Vec::new();
                 for entry in &batch {
@@ -202,25 +214,29 @@ impl Writer {
                 }
                 if let Err(e) = f.write_all(&lines).await {
                     tracing::warn!(error = %e, "Writing the decision log file failed");
+                    taken = false;
                 }
             }
             if let Some(http) = &self.http {
-                self.upload(http, &batch).await;
+                taken &= self.upload(http, &batch).await;
             }
-            self.counts
-                .written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let counter = match taken {
+                true => &self.counts.written,
+                false => &self.counts.failed,
+            };
+            counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     }
 
     /// POSTs `batch` as a gzip-compressed JSON array, as OPA's decision-log plugin does,
-    /// retrying with backoff until it is accepted.
-    async fn upload(&self, http: &Upload, batch: &[Json]) {
+    /// retrying with backoff while the endpoint is unreachable or answers 5xx, 408 or 429.
+    /// Any other refusal drops the batch: it would be refused again. Whether it was taken.
+    async fn upload(&self, http: &Upload, batch: &[Json]) -> bool {
         let body = match gzip(&Json::Array(batch.to_vec())) {
             Ok(body) => body,
             Err(e) => {
                 tracing::error!(error = %e, "Compressing decision logs failed");
-                return;
+                return false;
             }
         };
         let mut backoff = Duration::from_secs(1);
@@ -235,7 +251,15 @@ impl Writer {
                 request = request.bearer_auth(token);
             }
             match request.send().await {
-                Ok(resp) if resp.status().is_success() => return,
+                Ok(resp) if resp.status().is_success() => return true,
+                Ok(resp)
+                    if resp.status().is_client_error()
+                        && !matches!(resp.status().as_u16(), 408 | 429) =>
+                {
+                    self.counts.upload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(status = %resp.status(), entries = batch.len(), "Decision log upload refused; the batch is dropped");
+                    return false;
+                }
                 Ok(resp) => {
                     tracing::warn!(status = %resp.status(), "Decision log upload refused; retrying")
                 }

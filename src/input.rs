@@ -184,7 +184,32 @@ pub fn route_setting<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// onbehalf's per-route settings and the values each takes (`None`: any).
+const ROUTE_SETTINGS: [(&str, Option<&[&str]>); 3] = [
+    ("policy", None),
+    ("dry_run", Some(&["true", "false"])),
+    ("authn_required", Some(&["true", "false"])),
+];
+
 impl CheckInput<'_> {
+    /// Every `onbehalf.` key of the route's `context_extensions` is a known setting with a
+    /// value it takes; the error names the first that is not.
+    pub fn check_route_settings(&self) -> Result<(), String> {
+        for (key, value) in &self.attrs.context_extensions {
+            let Some(name) = key.strip_prefix(ROUTE_SETTING_PREFIX) else {
+                continue;
+            };
+            match ROUTE_SETTINGS.iter().find(|(known, _)| *known == name) {
+                None => return Err(format!("{key} is not a setting of onbehalf")),
+                Some((_, Some(values))) if !values.contains(&value.as_str()) => {
+                    return Err(format!("{key}: {value:?} is not one of {values:?}"));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The per-route setting `name` (see `route_setting`).
     pub fn route_setting(&self, name: &str) -> Option<&str> {
         self.attrs

@@ -162,18 +162,22 @@ impl Authorizer {
         self.grpc_bodies.as_deref()
     }
 
-    /// Whether a dry run answers `decision` with an allow: every decision, except a denial
-    /// for a missing or unverified token unless `authn.dry_run`.
+    /// Whether a dry run answers `decision` with an allow: the policy's denials and the
+    /// failures of deciding (a result, a timeout, a grant, an internal error); a missing or
+    /// unverified token only with `authn.dry_run`; never a request onbehalf could not read,
+    /// a route misconfigured, or a sidecar not ready (those are not the policy's to try).
     pub fn dry_run_passes(&self, decision: &Decision) -> bool {
         match decision {
             Decision::Allow(_) => true,
-            Decision::Deny(d) => {
-                self.dry_run.1
-                    || !matches!(
-                        d.reason,
-                        DenyReason::MissingToken | DenyReason::InvalidToken
-                    )
-            }
+            Decision::Deny(d) => match d.reason {
+                DenyReason::Policy
+                | DenyReason::PolicyResult
+                | DenyReason::EvalTimeout
+                | DenyReason::NoGrant
+                | DenyReason::Internal => true,
+                DenyReason::MissingToken | DenyReason::InvalidToken => self.dry_run.1,
+                DenyReason::BadRequest | DenyReason::RouteConfig | DenyReason::Unavailable => false,
+            },
         }
     }
 
@@ -268,12 +272,17 @@ impl Authorizer {
         let snapshot = state.policy.clone().ok_or(CheckError::NotReady)?;
         outcome.revision = Some(snapshot.policies.revision().clone());
 
-        // The route's rule (`onbehalf.policy`), checked before any token work.
+        // The route's settings, checked before any token work: a misspelt key or value is
+        // a misconfigured route, never the default silently.
+        input
+            .check_route_settings()
+            .map_err(CheckError::RoutePolicy)?;
         let rule = input.route_setting("policy");
         if snapshot.select(rule).is_none() {
-            return Err(CheckError::RoutePolicy(
-                rule.unwrap_or_default().to_string(),
-            ));
+            return Err(CheckError::RoutePolicy(format!(
+                "onbehalf.policy: {} is not in policy.queries",
+                rule.unwrap_or_default()
+            )));
         }
         let required = match input.route_setting("authn_required") {
             Some("false") => false,
@@ -330,10 +339,15 @@ impl Authorizer {
             true => MintResult::Reused,
             false => MintResult::Signed,
         });
-        outcome.identity.push((
-            minter.header().to_string(),
-            Some(minter.header_value(&upstream.minted.token)),
-        ));
+        let minted = Some(minter.header_value(&upstream.minted.token));
+        match outcome
+            .identity
+            .iter_mut()
+            .find(|(name, _)| name == minter.header())
+        {
+            Some(entry) => entry.1 = minted,
+            None => outcome.identity.push((minter.header().to_string(), minted)),
+        }
         // The delegation token never reaches the upstream.
         if minter.header() != self.token_header {
             outcome.identity.push((self.token_header.clone(), None));
@@ -501,14 +515,23 @@ impl Authorizer {
         }
     }
 
+    /// The identity headers of `auth`; with minting on, also the upstream token's header,
+    /// removed until a minted token is set in it: a client's copy never passes, whether
+    /// nothing is minted (`mint.without_grant: pass`) or a dry run lets a denial through.
     fn identity(&self, auth: &Authenticated) -> Vec<(String, Option<String>)> {
         let names = &self.identity_headers;
         let [subject, actor, chain] = auth.identity();
-        vec![
+        let mut headers = vec![
             (names.subject.clone(), subject),
             (names.actor.clone(), actor),
             (names.chain.clone(), chain),
-        ]
+        ];
+        if let Some(minter) = &self.minter
+            && minter.header() != self.token_header
+        {
+            headers.push((minter.header().to_string(), None));
+        }
+        headers
     }
 }
 
@@ -578,7 +601,7 @@ pub enum CheckError {
     Aside(String),
     #[error("the policy allowed without a grant and mint.without_grant is deny")]
     NoGrant,
-    #[error("the route selects the policy `{0}`, which policy.queries does not name")]
+    #[error("the route's settings (context_extensions): {0}")]
     RoutePolicy(String),
     #[error("minting the upstream token failed: {0}")]
     Mint(#[from] MintError),

@@ -162,6 +162,29 @@ async fn uploads_reach_an_opa_style_endpoint_and_a_dead_one_costs_nothing() {
     assert_eq!(uploaded, ids.iter().map(String::as_str).collect::<Vec<_>>());
     s.stop().await;
 
+    // An endpoint that refuses the batch for good (400): dropped and counted, not retried.
+    let (refusing, refused_addr) = bind().await;
+    let _stop_refusing = serve(
+        refusing,
+        axum::Router::new().route("/logs", post(|| async { StatusCode::BAD_REQUEST })),
+    );
+    let s = Sidecar::start(&yaml(&idp, &format!("  url: http://{refused_addr}/logs\n"))).await;
+    s.wait_ready().await;
+    s.check_token("POST", "/flights/bookings", &token).await;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = s.metrics().await;
+        if metrics.contains("onbehalf_decision_logs_total{result=\"failed\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        metrics.contains("onbehalf_decision_logs_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+
     // Nobody listens there: uploads fail and are retried, the small queue fills and drops,
     // and every Check is answered as usual meanwhile.
     let (closed, dead) = bind().await;

@@ -710,6 +710,9 @@ async fn dry_run_decides_counts_and_lets_requests_pass() {
                 assert!(anonymous.removed.iter().any(|h| h == "x-onbehalf-subject"));
             }
         }
+        // A request onbehalf cannot read is refused whatever the dry run.
+        let unreadable = s.check_token("GET", "/flights/%FF", &alice).await;
+        assert_eq!(unreadable.status, 400, "{}", unreadable.body);
         // Counted as decided, and as passed by the dry run.
         let metrics = s.metrics().await;
         for line in [
@@ -777,9 +780,19 @@ async fn a_route_selects_its_rule_and_the_cache_keeps_rules_apart() {
     }
     let unknown = ask(Some("nope")).await;
     assert_eq!(unknown.status, 403, "{}", unknown.body);
+    // A misspelt setting or value is a misconfigured route, not the default rule.
+    for (key, value) in [("onbehalf.polcy", "open"), ("onbehalf.dry_run", "yes")] {
+        let mut req = check_request("GET", "/flights", &[("authorization", &bearer)]);
+        if let Some(attrs) = req.attributes.as_mut() {
+            attrs.context_extensions.insert(key.into(), value.into());
+        }
+        let mut client = s.client.clone();
+        let r = Reply::from(client.check(req).await.expect("decision").into_inner());
+        assert_eq!(r.status, 403, "{key}: {}", r.body);
+    }
     let metrics = s.metrics().await;
     assert!(
-        metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"route_config\"} 1"),
+        metrics.contains("onbehalf_decisions_total{decision=\"deny\",reason=\"route_config\"} 3"),
         "{metrics}"
     );
     assert!(

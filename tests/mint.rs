@@ -388,3 +388,33 @@ async fn anonymous_allows_follow_without_grant_and_never_pass_a_client_upstream_
         s.stop().await;
     }
 }
+
+/// An allow that mints nothing (`mint.without_grant: pass`) never passes a client's own copy
+/// of the upstream token's header.
+#[tokio::test]
+async fn an_allow_without_a_grant_never_passes_a_client_upstream_token() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    let dir = policy_dir("package envoy.authz\nimport rego.v1\nallow := true\n");
+    let yaml = with_policy(
+        &mint_yaml(&idp, "  header: x-upstream-token\n  without_grant: pass\n"),
+        dir.path(),
+    );
+    let s = Sidecar::start(&yaml).await;
+    s.wait_ready().await;
+    let token = sign(
+        "rsa-1",
+        &delegation(&idp.issuer(), &["travel-agent"], "book_flight"),
+    );
+    let bearer = format!("Bearer {token}");
+    let r = s
+        .check(
+            "GET",
+            "/flights",
+            &[("authorization", &bearer), ("x-upstream-token", "replayed")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("x-upstream-token").is_none(), "{r:?}");
+    assert!(r.removed.iter().any(|h| h == "x-upstream-token"), "{r:?}");
+    s.stop().await;
+}
