@@ -176,8 +176,11 @@ pub const ROUTE_SETTING_PREFIX: &str = "onbehalf.";
 /// The per-route setting `name` (`onbehalf.<name>` in the route's `context_extensions`, set
 /// with `ExtAuthzPerRoute.check_settings`).
 pub fn route_setting<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
-    req.attributes
-        .as_ref()?
+    setting_in(req.attributes.as_ref()?, name)
+}
+
+fn setting_in<'a>(attrs: &'a AttributeContext, name: &str) -> Option<&'a str> {
+    attrs
         .context_extensions
         .iter()
         .find(|(k, _)| k.strip_prefix(ROUTE_SETTING_PREFIX) == Some(name))
@@ -212,11 +215,7 @@ impl CheckInput<'_> {
 
     /// The per-route setting `name` (see `route_setting`).
     pub fn route_setting(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .context_extensions
-            .iter()
-            .find(|(k, _)| k.strip_prefix(ROUTE_SETTING_PREFIX) == Some(name))
-            .map(|(_, v)| v.as_str())
+        setting_in(self.attrs, name)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -192,11 +192,18 @@ impl Authorizer {
     /// When that is the bearer header itself, a bearer credential in it was refused already,
     /// and another scheme (`Basic`) passes for the upstream.
     pub fn no_identity(&self) -> Vec<(String, Option<String>)> {
+        self.identity_values([None, None, None])
+    }
+
+    /// The identity headers with `values` (subject, actor, chain; `None` removes), and with
+    /// minting on the upstream token's header, removed until a minted token is set in it.
+    fn identity_values(&self, values: [Option<String>; 3]) -> Vec<(String, Option<String>)> {
         let names = &self.identity_headers;
+        let [subject, actor, chain] = values;
         let mut headers = vec![
-            (names.subject.clone(), None),
-            (names.actor.clone(), None),
-            (names.chain.clone(), None),
+            (names.subject.clone(), subject),
+            (names.actor.clone(), actor),
+            (names.chain.clone(), chain),
         ];
         if let Some(minter) = &self.minter
             && minter.header() != self.token_header
@@ -519,19 +526,7 @@ impl Authorizer {
     /// removed until a minted token is set in it: a client's copy never passes, whether
     /// nothing is minted (`mint.without_grant: pass`) or a dry run lets a denial through.
     fn identity(&self, auth: &Authenticated) -> Vec<(String, Option<String>)> {
-        let names = &self.identity_headers;
-        let [subject, actor, chain] = auth.identity();
-        let mut headers = vec![
-            (names.subject.clone(), subject),
-            (names.actor.clone(), actor),
-            (names.chain.clone(), chain),
-        ];
-        if let Some(minter) = &self.minter
-            && minter.header() != self.token_header
-        {
-            headers.push((minter.header().to_string(), None));
-        }
-        headers
+        self.identity_values(auth.identity())
     }
 }
 
