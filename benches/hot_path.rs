@@ -242,6 +242,7 @@ fn benches(c: &mut Criterion) {
         method: "POST",
         path: "/flights/bookings",
         source: None,
+        route_audience: None,
     };
     let (fresh, reusing) = (mint(false), mint(true));
     let mut group = c.benchmark_group("mint");

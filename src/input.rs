@@ -188,8 +188,9 @@ fn setting_in<'a>(attrs: &'a AttributeContext, name: &str) -> Option<&'a str> {
 }
 
 /// onbehalf's per-route settings and the values each takes (`None`: any).
-const ROUTE_SETTINGS: [(&str, Option<&[&str]>); 3] = [
+const ROUTE_SETTINGS: [(&str, Option<&[&str]>); 4] = [
     ("policy", None),
+    ("mint_audience", None),
     ("dry_run", Some(&["true", "false"])),
     ("authn_required", Some(&["true", "false"])),
 ];
@@ -206,6 +207,9 @@ impl CheckInput<'_> {
                 None => return Err(format!("{key} is not a setting of onbehalf")),
                 Some((_, Some(values))) if !values.contains(&value.as_str()) => {
                     return Err(format!("{key}: {value:?} is not one of {values:?}"));
+                }
+                Some((_, None)) if value.is_empty() => {
+                    return Err(format!("{key} is empty"));
                 }
                 Some(_) => {}
             }

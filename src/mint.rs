@@ -64,6 +64,9 @@ pub struct MintRequest<'a> {
     pub path: &'a str,
     /// The client's address, for a Transaction Token's `rctx`.
     pub source: Option<&'a str>,
+    /// The route's default audience (`onbehalf.mint_audience`): used when the grant names
+    /// none, before `mint.audience`.
+    pub route_audience: Option<&'a str>,
 }
 
 /// A minted token and its lifetime (seconds since the epoch).
@@ -192,9 +195,14 @@ impl Minter {
     /// Mints (or reuses) the upstream token for one allowed request.
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<Upstream, MintError> {
         let now = unix_now();
-        let audience: &[String] = match req.grant.audience.is_empty() {
-            false => &req.grant.audience,
-            true => &self.audience,
+        let route_audience;
+        let audience: &[String] = match (req.grant.audience.is_empty(), req.route_audience) {
+            (false, _) => &req.grant.audience,
+            (true, Some(route)) => {
+                route_audience = [route.to_string()];
+                &route_audience
+            }
+            (true, None) => &self.audience,
         };
         if audience.is_empty() {
             return Err(MintError::NoAudience);

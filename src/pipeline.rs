@@ -338,6 +338,7 @@ impl Authorizer {
             method: input.method(),
             path: input.path(),
             source: input.source_address(),
+            route_audience: input.route_setting("mint_audience"),
         };
         let upstream = minter.mint(&request).inspect_err(|_| {
             self.metrics.mint(MintResult::Failed);

@@ -418,3 +418,44 @@ async fn an_allow_without_a_grant_never_passes_a_client_upstream_token() {
     assert!(r.removed.iter().any(|h| h == "x-upstream-token"), "{r:?}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_route_names_the_audience_of_the_tokens_minted_for_it() {
+    let idp = IdpServer::start(&["rsa-1"]).await;
+    // A grant without an audience, and no mint.audience: only the route can name one.
+    let dir = policy_dir(
+        "package envoy.authz\nimport rego.v1\n\
+         allow := {\"allowed\": true, \"grant\": {\"scopes\": [\"read\"]}}\n",
+    );
+    let sidecar = Sidecar::start(&with_policy(&mint_yaml(&idp, ""), dir.path())).await;
+    sidecar.wait_ready().await;
+    let token = sign(
+        "rsa-1",
+        &delegation(&idp.issuer(), &["travel-agent"], "read"),
+    );
+    let bearer = format!("Bearer {token}");
+    let ask = |audience: Option<&str>| {
+        let mut req = check_request("GET", "/bookings", &[("authorization", &bearer)]);
+        if let (Some(aud), Some(attrs)) = (audience, req.attributes.as_mut()) {
+            attrs
+                .context_extensions
+                .insert("onbehalf.mint_audience".into(), aud.into());
+        }
+        let mut client = sidecar.client.clone();
+        async move { Reply::from(client.check(req).await.expect("decision").into_inner()) }
+    };
+    for aud in ["bookings-api", "ledger"] {
+        let reply = ask(Some(aud)).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let (_, claims) = verify(&sidecar, &minted(&reply), aud).await;
+        assert_eq!(claims["aud"], aud);
+    }
+    // Without the route's audience there is none to mint for: denied, never unbounded.
+    assert_eq!(ask(None).await.status, 403);
+    assert_eq!(
+        ask(Some("")).await.status,
+        403,
+        "an empty audience is a bad route"
+    );
+    sidecar.stop().await;
+}

@@ -58,6 +58,7 @@ fn request<'a>(auth: &'a Authenticated, grant: &'a Grant) -> MintRequest<'a> {
         method: "POST",
         path: "/flights/bookings",
         source: Some("10.0.0.7"),
+        route_audience: None,
     }
 }
 
@@ -154,7 +155,7 @@ fn lifetime_is_capped_by_max_ttl_and_by_the_delegation_token() {
 }
 
 #[test]
-fn audience_comes_from_the_grant_else_the_default() {
+fn audience_comes_from_the_grant_else_the_route_else_the_default() {
     let minter = Minter::new(&MintConfig {
         audience: vec!["d1".into(), "d2".into()],
         ..config()
@@ -174,6 +175,17 @@ fn audience_comes_from_the_grant_else_the_default() {
     let (_, claims) = verify(&minter, &m.token, "d2");
     assert_eq!(claims["aud"], json!(["d1", "d2"]));
     assert_eq!(claims["scope"], "");
+    // A route's onbehalf.mint_audience comes before mint.audience, after the grant's.
+    let routed = |grant| MintRequest {
+        route_audience: Some("route-aud"),
+        ..request(&auth, grant)
+    };
+    let m = minter.mint(&routed(&default)).expect("mint").minted;
+    let (_, claims) = verify(&minter, &m.token, "route-aud");
+    assert_eq!(claims["aud"], "route-aud");
+    let m = minter.mint(&routed(&from_grant)).expect("mint").minted;
+    let (_, claims) = verify(&minter, &m.token, "x");
+    assert_eq!(claims["aud"], json!(["x", "y"]));
 
     let none = Minter::new(&MintConfig {
         audience: vec![],
