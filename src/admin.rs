@@ -9,7 +9,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::cache::CacheCounts;
 use crate::pipeline::Authorizer;
+use crate::telemetry::{self, Scrape};
 
 pub fn router(authorizer: Arc<Authorizer>) -> Router {
     Router::new()
@@ -43,13 +45,22 @@ async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
-    let mut text = authz
-        .metrics()
-        .render(authz.is_ready(), &authz.policies().status());
-    if let Some(log) = authz.decision_log() {
-        text.push_str(&log.render());
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    let policy = authz.policies().status();
+    let verifier = authz.verifier();
+    let scrape = Scrape {
+        ready: authz.is_ready(),
+        policy: &policy,
+        token_cache: verifier.token_cache().map(|c| c.counts()),
+        decision_cache: authz.decision_cache().map(|c| CacheCounts {
+            evictions: c.evictions(),
+            entries: c.entry_count(),
+            ..CacheCounts::default()
+        }),
+        issuers: verifier.issuers().map(|i| i.counts()).collect(),
+        decision_log: authz.decision_log().map(|log| log.scrape()),
+    };
+    let text = authz.metrics().render(&scrape);
+    ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text)
 }
 
 /// The public keys of minted tokens; 404 when minting is off. Verifiers may cache the

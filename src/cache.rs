@@ -10,6 +10,7 @@
 //! What is cached, and what the keys cover, is for the layers above: verified tokens
 //! (`authn::TokenCache`) and decisions (`key` derives their keys from what the policy reads).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -52,10 +53,22 @@ impl std::hash::Hasher for DigestHasher {
     }
 }
 
+/// A cache's counts, read when `/metrics` is scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries moka removed to stay within `max_entries`.
+    pub evictions: u64,
+    pub entries: u64,
+}
+
 /// Values by digest, each until its deadline.
 pub struct DeadlineCache<V> {
     cache: Cache<Digest, Entry<V>, DigestState>,
     max_ttl: Duration,
+    /// Entries moka removed to stay within `max_entries` (for `/metrics`).
+    evictions: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -76,6 +89,8 @@ struct Entry<V> {
 pub struct DecisionCache<V> {
     settings: CacheSettings,
     current: ArcSwap<Generation<V>>,
+    /// Evictions of every generation's entries.
+    evictions: Arc<AtomicU64>,
     /// Held while a new generation replaces the current one (rarely: once per activation).
     replacing: Mutex<()>,
 }
@@ -126,14 +141,36 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
     /// A cache of `settings.max_entries`, entries living at most `settings.ttl`;
     /// `selective`: entries may be dropped by a predicate (`invalidate_if`).
     pub fn new(settings: &CacheSettings, selective: bool) -> DeadlineCache<V> {
-        let mut builder = Cache::builder().max_capacity(settings.max_entries);
+        DeadlineCache::counting(settings, selective, Arc::default())
+    }
+
+    /// The same, counting its evictions in `evictions`.
+    fn counting(
+        settings: &CacheSettings,
+        selective: bool,
+        evictions: Arc<AtomicU64>,
+    ) -> DeadlineCache<V> {
+        let counter = evictions.clone();
+        let mut builder = Cache::builder()
+            .max_capacity(settings.max_entries)
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         if selective {
             builder = builder.support_invalidation_closures();
         }
         DeadlineCache {
             cache: builder.build_with_hasher(DigestState),
             max_ttl: settings.ttl.0,
+            evictions,
         }
+    }
+
+    /// Entries removed to stay within `max_entries`.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// The value for `key`, unless past its deadline (then it is dropped).
@@ -184,9 +221,11 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
 
 impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
     pub fn new(settings: &CacheSettings) -> DecisionCache<V> {
+        let evictions = Arc::<AtomicU64>::default();
         DecisionCache {
             settings: settings.clone(),
-            current: ArcSwap::from_pointee(Generation::new(0, settings)),
+            current: ArcSwap::from_pointee(Generation::new(0, settings, evictions.clone())),
+            evictions,
             replacing: Mutex::new(()),
         }
     }
@@ -234,9 +273,11 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
         if self.current.load().number >= generation {
             return;
         }
-        let old = self
-            .current
-            .swap(Arc::new(Generation::new(generation, &self.settings)));
+        let old = self.current.swap(Arc::new(Generation::new(
+            generation,
+            &self.settings,
+            self.evictions.clone(),
+        )));
         // Freeing up to max_entries entries takes milliseconds: not on a serving thread.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
@@ -248,6 +289,11 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
         self.current.load().entries.entry_count()
     }
 
+    /// Entries removed to stay within `max_entries`, in every generation.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
     pub fn run_pending_tasks(&self) {
         self.current.load().entries.run_pending_tasks();
     }
@@ -256,10 +302,10 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
 // === impl Generation ===
 
 impl<V: Clone + Send + Sync + 'static> Generation<V> {
-    fn new(number: u64, settings: &CacheSettings) -> Generation<V> {
+    fn new(number: u64, settings: &CacheSettings, evictions: Arc<AtomicU64>) -> Generation<V> {
         Generation {
             number,
-            entries: DeadlineCache::new(settings, false),
+            entries: DeadlineCache::counting(settings, false, evictions),
             interned: Cache::builder()
                 .max_capacity(4096)
                 .time_to_live(settings.ttl.0)

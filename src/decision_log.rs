@@ -134,23 +134,15 @@ impl DecisionLog {
         &self.counts
     }
 
-    /// Prometheus text for the decision-log counters.
-    pub fn render(&self) -> String {
+    /// The counts for `/metrics`.
+    pub fn scrape(&self) -> crate::telemetry::DecisionLogCounts {
         let c = &self.counts;
-        format!(
-            "# HELP onbehalf_decision_logs_total Decision-log entries by outcome: written (by every sink), dropped (the queue was full), failed (a sink could not take them).\n\
-             # TYPE onbehalf_decision_logs_total counter\n\
-             onbehalf_decision_logs_total{{result=\"written\"}} {}\n\
-             onbehalf_decision_logs_total{{result=\"dropped\"}} {}\n\
-             onbehalf_decision_logs_total{{result=\"failed\"}} {}\n\
-             # HELP onbehalf_decision_log_upload_failures_total Failed uploads to decision_logs.url (each retried).\n\
-             # TYPE onbehalf_decision_log_upload_failures_total counter\n\
-             onbehalf_decision_log_upload_failures_total {}\n",
-            c.written.load(Ordering::Relaxed),
-            c.dropped.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
-            c.upload_failures.load(Ordering::Relaxed),
-        )
+        crate::telemetry::DecisionLogCounts {
+            written: c.written.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            upload_failures: c.upload_failures.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
     };
     // Counted and logged as decided; under `policy.dry_run`, answered with an allow.
     authorizer.metrics().record(&outcome.decision);
+    authorizer
+        .metrics()
+        .check_took(&outcome.decision, start.elapsed());
     let dry_run_route = match crate::input::route_setting(request, "dry_run") {
         Some("true") => true,
         Some("false") => false,

@@ -1,7 +1,7 @@
 //! The decision pipeline, shared by the gRPC server and `onbehalf check`.
 
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regorus::Value;
 use tokio::sync::Semaphore;
@@ -17,7 +17,7 @@ use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
 use crate::readiness::{Dependency, Readiness};
 use crate::state::StateCell;
-use crate::telemetry::{Metrics, MintResult};
+use crate::telemetry::{EvalEngine, Metrics, MintResult};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
 pub struct Authorizer {
@@ -457,14 +457,20 @@ impl Authorizer {
         };
         let document = input.document(parts);
         outcome.input = Some(document.clone());
+        let engine = match policies.uses_vm() {
+            true => EvalEngine::Vm,
+            false => EvalEngine::Interpreter,
+        };
+        let started = Instant::now();
         let result = match policies.evaluate(document.clone(), Budget::Inline(self.inline_budget)) {
             Err(PolicyError::OverBudget) => {
                 let rule = rule.map(str::to_string);
-                self.evaluate_aside(snapshot.clone(), rule, document)
-                    .await?
+                self.evaluate_aside(snapshot.clone(), rule, document).await
             }
-            result => result?,
+            result => result.map_err(CheckError::Policy),
         };
+        self.metrics.evaluation_took(engine, started.elapsed());
+        let result = result?;
         outcome.result = Some(result.clone());
         let verdict = Verdict::try_from(&result)?;
         let decision = Arc::new(Decision::from_verdict(verdict));

@@ -15,3 +15,4 @@ mod mint;
 mod opa_envoy;
 mod policy;
 mod properties;
+mod telemetry;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -72,6 +72,16 @@ pub struct KeySet {
     without_kid: Vec<Arc<VerifyKey>>,
 }
 
+/// One issuer's key fetches, read when `/metrics` is scraped.
+#[derive(Debug, Clone)]
+pub struct IssuerCounts {
+    pub issuer: String,
+    pub fetched: u64,
+    pub failed: u64,
+    /// Since the keys in use were fetched; `None` before the first success.
+    pub age: Option<Duration>,
+}
+
 /// One trusted issuer: settings, current keys, and how to refresh them.
 pub struct IssuerKeys {
     issuer: Arc<str>,
@@ -97,6 +107,10 @@ pub struct IssuerKeys {
     /// A fetch for an unknown `kid` is running; `fetched` wakes its waiters when it ends.
     fetching: AtomicBool,
     fetched: tokio::sync::Notify,
+    /// Fetches that succeeded and failed, and when the keys in use were fetched (`/metrics`).
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
+    loaded_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// `authn.unknown_kid_wait`'s default: well under Envoy's default ext_authz timeout (200 ms).
@@ -294,6 +308,9 @@ impl IssuerKeys {
             unknown_kid_wait: DEFAULT_UNKNOWN_KID_WAIT,
             fetching: AtomicBool::new(false),
             fetched: tokio::sync::Notify::new(),
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
+            loaded_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -333,6 +350,17 @@ impl IssuerKeys {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Fetches by result and the age of the keys in use, for `/metrics`.
+    pub fn counts(&self) -> IssuerCounts {
+        let loaded_at = *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+        IssuerCounts {
+            issuer: self.issuer.to_string(),
+            fetched: self.fetches_ok.load(Ordering::Relaxed),
+            failed: self.fetches_failed.load(Ordering::Relaxed),
+            age: loaded_at.map(|t| t.elapsed()),
+        }
     }
 
     /// True once a key set has loaded at least once.
@@ -401,6 +429,8 @@ impl IssuerKeys {
         *last = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 tracing::info!(
                     jwks.issuer = %self.issuer,
                     jwks.keys = set.len(),
@@ -426,6 +456,7 @@ impl IssuerKeys {
                 true
             }
             Err(e) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     jwks.issuer = %self.issuer,
                     error = %e,

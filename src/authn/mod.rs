@@ -14,7 +14,7 @@ pub mod jwks;
 mod token_cache;
 
 pub use crate::identity::{Delegation, MayAct, Party, TokenInfo};
-pub use jwks::{IssuerKeys, KeySet};
+pub use jwks::{IssuerCounts, IssuerKeys, KeySet};
 pub use token_cache::{CachedToken, TokenCache};
 
 /// Why a token was refused. Every variant is a 401; the text is safe to show to the client.

@@ -3,6 +3,7 @@
 //! published (a JWKS refresh that drops a key drops its tokens).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Authenticated;
 use crate::cache::{DeadlineCache, Digest};
@@ -20,6 +21,8 @@ pub struct CachedToken {
 
 pub struct TokenCache {
     cache: DeadlineCache<CachedToken>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 // === impl TokenCache ===
@@ -28,11 +31,29 @@ impl TokenCache {
     pub fn new(settings: &CacheSettings) -> TokenCache {
         TokenCache {
             cache: DeadlineCache::new(settings, true),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     pub fn get(&self, key: &Digest) -> Option<CachedToken> {
-        self.cache.get(key)
+        let found = self.cache.get(key);
+        let counter = match found {
+            Some(_) => &self.hits,
+            None => &self.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Lookups, evictions and entries, for `/metrics`.
+    pub fn counts(&self) -> crate::cache::CacheCounts {
+        crate::cache::CacheCounts {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.cache.evictions(),
+            entries: self.cache.entry_count(),
+        }
     }
 
     /// Caches a verified token until the earlier of its `exp` and the TTL.
