@@ -49,6 +49,77 @@ pub struct Config {
     pub exchange: ExchangeConfig,
     pub log: LogConfig,
     pub decision_logs: DecisionLogConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub traces: TracesConfig,
+}
+
+/// Traces exported over OTLP. Off unless an endpoint is set, here or in the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's base URL (`http://otel-collector:4317` for gRPC; HTTP exports to
+    /// `<endpoint>/v1/traces`). Wins over the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; unset: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, then `grpc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    pub sampler: SamplerConfig,
+    /// Where a Check's parent span is read from: W3C `traceparent`/`tracestate` and/or B3.
+    pub propagators: Vec<Propagator>,
+    /// Longest one export may take.
+    pub timeout: Interval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Parent-based: a Check whose parent span was sampled is traced, one whose parent was not
+/// is not; a Check without a parent starts a trace with probability `ratio`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagator {
+    /// W3C Trace Context: `traceparent` and `tracestate`.
+    Tracecontext,
+    /// Zipkin's B3: the single `b3` header or `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`.
+    B3,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            endpoint: None,
+            protocol: None,
+            sampler: SamplerConfig::default(),
+            propagators: vec![Propagator::Tracecontext],
+            timeout: Interval(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig { ratio: 1.0 }
+    }
 }
 
 /// Decision logs in OPA's shape, written off the request path.
@@ -529,6 +600,28 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         let mut bad = |key: String, why: &str| problems.push(format!("{key}: {why}"));
+
+        let traces = &self.telemetry.traces;
+        if let Some(endpoint) = &traces.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bad(
+                "telemetry.traces.endpoint".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
+        if !(0.0..=1.0).contains(&traces.sampler.ratio) {
+            bad(
+                "telemetry.traces.sampler.ratio".into(),
+                "must be between 0 and 1",
+            );
+        }
+        if traces.propagators.is_empty() {
+            bad(
+                "telemetry.traces.propagators".into(),
+                "list tracecontext, b3 or both",
+            );
+        }
 
         let logs = &self.decision_logs;
         if let Some(url) = &logs.url

@@ -10,10 +10,12 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::protobuf as pbuf;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::decision::{Decision, DenyReason};
 use crate::input::CheckInput;
 use crate::pipeline::{Authorizer, Outcome};
+use crate::telemetry::traces;
 
 /// The tonic service. Every request gets a decision: `Ok(CheckResponse)`, allow or deny.
 #[derive(Clone)]
@@ -33,7 +35,23 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (response, _) = respond(&self.authorizer, request.get_ref()).await;
+        let check = request.get_ref();
+        let span = match traces::enabled() {
+            false => tracing::Span::none(),
+            true => {
+                let headers = check
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.request.as_ref())
+                    .and_then(|r| r.http.as_ref())
+                    .map(|h| &h.headers as &dyn traces::Carrier);
+                traces::check_span(request.metadata(), headers)
+            }
+        };
+        let (response, _) = match span.is_none() {
+            true => respond(&self.authorizer, check).await,
+            false => respond(&self.authorizer, check).instrument(span).await,
+        };
         Ok(Response::new(response))
     }
 }
@@ -99,6 +117,9 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
             .to_check_response(&outcome.identity),
         false => outcome.decision.to_check_response(&outcome.identity),
     };
+    if traces::enabled() {
+        record_on_span(request, &outcome, &decision_id, dry_run);
+    }
     let own_body = matches!(&*outcome.decision, Decision::Deny(d) if d.own_body);
     stamp_decision_id(&mut response, &decision_id, own_body);
     response
@@ -112,6 +133,50 @@ pub async fn respond(authorizer: &Authorizer, request: &CheckRequest) -> (CheckR
             },
         );
     (response, outcome)
+}
+
+/// What the Check's span shows of its decision: who, what, which policy; never a token.
+fn record_on_span(request: &CheckRequest, outcome: &Outcome, decision_id: &str, dry_run: bool) {
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return;
+    }
+    if let Some(method) = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map(|h| h.method.as_str())
+    {
+        span.record("http.request.method", method);
+    }
+    match &*outcome.decision {
+        Decision::Allow(_) => {
+            span.record("onbehalf.decision", "allow");
+            span.record("onbehalf.status", 200_i64);
+        }
+        Decision::Deny(d) => {
+            span.record("onbehalf.decision", "deny");
+            span.record("onbehalf.reason", d.reason.label());
+            span.record("onbehalf.status", i64::from(d.status));
+        }
+    }
+    if let Some(subject) = &outcome.subject {
+        span.record("onbehalf.subject", &**subject);
+    }
+    if let Some(actor) = &outcome.actor {
+        span.record("onbehalf.actor", &**actor);
+    }
+    span.record(
+        "onbehalf.depth",
+        i64::try_from(outcome.depth).unwrap_or(i64::MAX),
+    );
+    if let Some(revision) = &outcome.revision {
+        span.record("onbehalf.policy_revision", &**revision);
+    }
+    span.record("onbehalf.decision_id", decision_id);
+    span.record("onbehalf.cached", outcome.cached);
+    span.record("onbehalf.dry_run", dry_run);
 }
 
 /// The header that carries the decision id, to the upstream on an allow (set by onbehalf

@@ -133,8 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config.as_deref())?;
-            onbehalf::telemetry::init_logging(&config.log);
+            let telemetry = onbehalf::telemetry::init(&config)?;
             onbehalf::app::run(config).await?;
+            telemetry.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

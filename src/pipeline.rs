@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use regorus::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use crate::authn::{self, Authenticated, AuthnError, Verifier};
 use crate::cache::{DecisionCache, sha256, token_digest};
@@ -17,7 +18,7 @@ use crate::mint::{MintError, MintRequest, Minted, Minter};
 use crate::policy::{Budget, PolicyError, PolicySnapshot, PolicyStore, Verdict, VerdictError};
 use crate::readiness::{Dependency, Readiness};
 use crate::state::StateCell;
-use crate::telemetry::{EvalEngine, Metrics, MintResult};
+use crate::telemetry::{EvalEngine, Metrics, MintResult, traces};
 
 /// Everything a decision needs: settings, keys, the current policy, and counters.
 pub struct Authorizer {
@@ -304,7 +305,30 @@ impl Authorizer {
             }
             token => token?,
         };
-        let verified = self.verifier.verify_with(&*state, token).await?;
+        let verify = traces::phase("verify_token");
+        let verified = self
+            .verifier
+            .verify_with(&*state, token)
+            .instrument(verify.clone())
+            .await;
+        if !verify.is_none() {
+            verify.record(
+                "onbehalf.result",
+                match &verified {
+                    Ok(_) => "verified",
+                    Err(_) => "refused",
+                },
+            );
+            if let Ok(v) = &verified {
+                // Parts are built while verifying; a token cache hit has none.
+                verify.record(
+                    "onbehalf.cache",
+                    if v.parts.is_none() { "hit" } else { "miss" },
+                );
+            }
+        }
+        drop(verify);
+        let verified = verified?;
         let auth = verified.auth;
         outcome.subject = Some(auth.subject.clone());
         outcome.actor = auth.actor().cloned();
@@ -340,13 +364,18 @@ impl Authorizer {
             source: input.source_address(),
             route_audience: input.route_setting("mint_audience"),
         };
-        let upstream = minter.mint(&request).inspect_err(|_| {
+        let span = traces::phase("mint");
+        let upstream = span.in_scope(|| minter.mint(&request)).inspect_err(|_| {
             self.metrics.mint(MintResult::Failed);
+            span.record("onbehalf.result", "failed");
         })?;
-        self.metrics.mint(match upstream.reused {
+        let result = match upstream.reused {
             true => MintResult::Reused,
             false => MintResult::Signed,
-        });
+        };
+        self.metrics.mint(result);
+        span.record("onbehalf.result", result.label());
+        drop(span);
         let minted = Some(minter.header_value(&upstream.minted.token));
         match outcome
             .identity
@@ -416,6 +445,7 @@ impl Authorizer {
             .decisions
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
+        let lookup = traces::phase("decision_cache");
         // Token parts built for the key are reused by the evaluation on a miss.
         let key = match cache {
             Some(_) => Some(crate::key::decision_key(
@@ -433,6 +463,7 @@ impl Authorizer {
         if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(hit) = cache.get(snapshot.generation, key) {
                 self.metrics.decision_cache_hit();
+                lookup.record("onbehalf.result", "hit");
                 outcome.cached = true;
                 // The decision log records the input of a hit too: built only then.
                 if self.decision_log.is_some() {
@@ -447,9 +478,12 @@ impl Authorizer {
                 return Ok(hit.decision.clone());
             }
             self.metrics.decision_cache_miss();
+            lookup.record("onbehalf.result", "miss");
         } else if self.decisions.is_some() {
             self.metrics.decision_cache_uncacheable();
+            lookup.record("onbehalf.result", "uncacheable");
         }
+        drop(lookup);
         let parts = match (parts, auth) {
             (Some(parts), _) => parts,
             (None, Some(auth)) => auth.parts().map_err(CheckError::Claims)?,
@@ -461,15 +495,23 @@ impl Authorizer {
             true => EvalEngine::Vm,
             false => EvalEngine::Interpreter,
         };
+        let span = traces::phase("evaluate");
+        span.record("onbehalf.engine", engine.label());
         let started = Instant::now();
-        let result = match policies.evaluate(document.clone(), Budget::Inline(self.inline_budget)) {
+        let inline = span
+            .in_scope(|| policies.evaluate(document.clone(), Budget::Inline(self.inline_budget)));
+        let result = match inline {
             Err(PolicyError::OverBudget) => {
+                span.record("onbehalf.moved", true);
                 let rule = rule.map(str::to_string);
-                self.evaluate_aside(snapshot.clone(), rule, document).await
+                self.evaluate_aside(snapshot.clone(), rule, document)
+                    .instrument(span.clone())
+                    .await
             }
             result => result.map_err(CheckError::Policy),
         };
         self.metrics.evaluation_took(engine, started.elapsed());
+        drop(span);
         let result = result?;
         outcome.result = Some(result.clone());
         let verdict = Verdict::try_from(&result)?;

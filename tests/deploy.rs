@@ -10,7 +10,12 @@ use crate::common::*;
 use crate::envoy::envoy_bin;
 
 /// Every kustomization a user applies.
-const KUSTOMIZATIONS: [&str; 3] = ["base", "overlays/bundle-server", "istio"];
+const KUSTOMIZATIONS: [&str; 4] = [
+    "base",
+    "overlays/bundle-server",
+    "overlays/otel-collector",
+    "istio",
+];
 
 fn kubernetes() -> PathBuf {
     repo().join("deploy/kubernetes")
@@ -177,6 +182,54 @@ fn every_onbehalf_config_map_is_a_valid_config() {
     let istio = documents(&render("istio"));
     let mesh = parse_config(&config_map_entry(&istio, "onbehalf", "onbehalf.yaml"));
     assert_eq!(mesh.server.grpc_addr.to_string(), "0.0.0.0:9191");
+}
+
+/// The collector overlay points every onbehalf at the collector Service it deploys, with the
+/// standard OTLP variables `serve` reads.
+#[test]
+fn the_otel_collector_overlay_sends_every_onbehalf_to_its_collector() {
+    let docs = documents(&render("overlays/otel-collector"));
+    let service = docs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Service")
+                && d["metadata"]["name"].as_str() == Some("otel-collector")
+        })
+        .expect("the collector's Service");
+    let grpc_port = service["spec"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"].as_str() == Some("otlp-grpc"))
+        .and_then(|p| p["port"].as_u64())
+        .expect("the OTLP gRPC port");
+    let mut sidecars = 0;
+    for deployment in docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Deployment"))
+    {
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers")
+            .iter()
+            .filter(|c| c["name"].as_str() == Some("onbehalf"))
+        {
+            let env = container["env"].as_sequence().expect("env");
+            let value = |name: &str| {
+                env.iter()
+                    .find(|e| e["name"].as_str() == Some(name))
+                    .and_then(|e| e["value"].as_str())
+                    .map(str::to_string)
+            };
+            assert_eq!(
+                value("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                Some(format!("http://otel-collector:{grpc_port}"))
+            );
+            assert!(value("OTEL_SERVICE_NAME").is_some());
+            sidecars += 1;
+        }
+    }
+    assert_eq!(sidecars, 2, "service-b's sidecar and the exchange");
 }
 
 #[test]

@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
 
 use crate::common::*;
@@ -149,11 +161,22 @@ async fn start_echo(dir: &Path, port: u16) -> Proc {
 
 /// The real binary, serving `config`; returns once `/readyz` answers on `admin`.
 async fn start_onbehalf(dir: &Path, config: &Path, admin: u16) -> Proc {
+    start_onbehalf_with_env(dir, config, admin, &[]).await
+}
+
+/// The same with environment variables set.
+async fn start_onbehalf_with_env(
+    dir: &Path,
+    config: &Path,
+    admin: u16,
+    env: &[(&str, &str)],
+) -> Proc {
     let log = dir.join("onbehalf.log");
     let proc = Proc(
         Command::new(env!("CARGO_BIN_EXE_onbehalf"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -1049,4 +1072,260 @@ async fn routes_choose_no_check_another_rule_or_a_dry_run_through_envoy() {
     );
     let anonymous = get("/beta/feature", None).await.expect("request");
     assert_eq!(anonymous.status(), 401);
+}
+
+/// A real OTLP trace receiver: the collector's gRPC `TraceService`, keeping every export.
+#[derive(Clone, Default)]
+struct OtlpReceiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().expect("lock").push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl OtlpReceiver {
+    async fn start() -> (OtlpReceiver, std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = OtlpReceiver::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (receiver, addr)
+    }
+
+    /// Every span received, with its resource's attributes.
+    fn spans(&self) -> Vec<(OtlpSpan, Vec<KeyValue>)> {
+        let exports = self.0.lock().expect("lock");
+        let mut out = Vec::new();
+        for export in exports.iter() {
+            for rs in &export.resource_spans {
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.clone())
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    for span in &ss.spans {
+                        out.push((span.clone(), resource.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every export, as the bytes that crossed the wire.
+    fn bytes(&self) -> Vec<u8> {
+        use prost::Message as _;
+        let exports = self.0.lock().expect("lock");
+        exports.iter().flat_map(|e| e.encode_to_vec()).collect()
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attrs, key)? {
+        any_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Traces: onbehalf's span of a Check continues the trace Envoy passes on (the request's
+/// `traceparent` and `tracestate`, Envoy's own on the gRPC call, or B3), follows the parent's
+/// sampling decision, has a child per phase and the decision's attributes, and never carries
+/// a token. The real binary exports to a real OTLP receiver.
+#[tokio::test]
+async fn traces_continue_the_callers_trace_and_carry_no_token() {
+    let (receiver, otlp) = OtlpReceiver::start().await;
+    let echo = EchoServer::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = demo_config(dir.path(), grpc, admin, |c| {
+        format!(
+            "{c}\ntelemetry:\n  traces:\n    endpoint: http://{otlp}\n    propagators: [tracecontext, b3]\n"
+        )
+    });
+    let _onbehalf = start_onbehalf_with_env(
+        dir.path(),
+        &config,
+        admin,
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=authz-0"),
+        ],
+    )
+    .await;
+    let _envoy = start_repo_envoy(dir.path(), listen, grpc, echo.addr.port(), envoy_admin).await;
+
+    let token = alice(&["--act", "travel-agent", "--scope", "book_flight"]);
+    const T1: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const S1: &str = "00f067aa0ba902b7";
+    // Through Envoy: the client's trace context reaches onbehalf in the CheckRequest.
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{listen}/flights/bookings"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{T1}-{S1}-01"))
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let echoed: Value = resp.json().await.expect("echo json");
+    let decision_id = echoed["headers"]["x-onbehalf-decision-id"][0]
+        .as_str()
+        .expect("decision id")
+        .to_string();
+
+    // Straight to onbehalf over gRPC: Envoy's own span on the call's metadata wins over the
+    // request's; a parent that was not sampled is not traced; B3.
+    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .expect("connect");
+    let bearer = format!("Bearer {token}");
+    const T2: &str = "11111111111111111111111111111111";
+    const T3: &str = "33333333333333333333333333333333";
+    const T4: &str = "44444444444444444444444444444444";
+    const T5: &str = "55555555555555555555555555555555";
+    let tp = |t: &str, flags: &str| format!("00-{t}-{S1}-{flags}");
+    let mut req = tonic::Request::new(check_request(
+        "GET",
+        "/flights",
+        &[("authorization", &bearer), ("traceparent", &tp(T3, "01"))],
+    ));
+    req.metadata_mut()
+        .insert("traceparent", tp(T2, "01").parse().expect("metadata"));
+    client.check(req).await.expect("check");
+    for headers in [
+        vec![
+            ("authorization", bearer.as_str()),
+            ("traceparent", &tp(T4, "00")),
+        ],
+        vec![
+            ("authorization", bearer.as_str()),
+            ("b3", &format!("{T5}-{S1}-1")),
+        ],
+        vec![("authorization", bearer.as_str())],
+    ] {
+        client
+            .check(check_request("GET", "/flights", &headers))
+            .await
+            .expect("check");
+    }
+
+    // The batch goes out every 100 ms here.
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = receiver.spans();
+        let checks = spans
+            .iter()
+            .filter(|(s, _)| s.name == "onbehalf.check")
+            .count();
+        if checks >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let trace = |t: &str| -> Vec<&OtlpSpan> {
+        spans
+            .iter()
+            .map(|(s, _)| s)
+            .filter(|s| hex(&s.trace_id) == t)
+            .collect()
+    };
+
+    let t1 = trace(T1);
+    let check = t1
+        .iter()
+        .find(|s| s.name == "onbehalf.check")
+        .unwrap_or_else(|| panic!("the Check's span in the client's trace: {spans:#?}"));
+    assert_eq!(
+        hex(&check.parent_span_id),
+        S1,
+        "its parent is the span sent"
+    );
+    assert_eq!(check.trace_state, "vendor=opaque");
+    assert_eq!(check.kind, SpanKind::Server as i32);
+    let a = &check.attributes;
+    assert_eq!(attr_str(a, "onbehalf.decision"), Some("allow"));
+    assert_eq!(attr_str(a, "onbehalf.subject"), Some("alice"));
+    assert_eq!(attr_str(a, "onbehalf.actor"), Some("travel-agent"));
+    assert_eq!(
+        attr(a, "onbehalf.depth"),
+        Some(&any_value::Value::IntValue(1))
+    );
+    assert_eq!(
+        attr_str(a, "onbehalf.decision_id"),
+        Some(decision_id.as_str())
+    );
+    assert_eq!(attr_str(a, "http.request.method"), Some("POST"));
+    assert!(attr_str(a, "onbehalf.policy_revision").is_some_and(|r| !r.is_empty()));
+    let children: Vec<&str> = t1
+        .iter()
+        .filter(|s| s.parent_span_id == check.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    for phase in ["verify_token", "decision_cache", "evaluate"] {
+        assert!(children.contains(&phase), "{phase} in {children:?}");
+    }
+    let verify = t1
+        .iter()
+        .find(|s| s.name == "verify_token")
+        .expect("verify_token");
+    assert_eq!(attr_str(&verify.attributes, "onbehalf.cache"), Some("miss"));
+    let evaluate = t1.iter().find(|s| s.name == "evaluate").expect("evaluate");
+    assert!(attr_str(&evaluate.attributes, "onbehalf.engine").is_some());
+
+    // The gRPC metadata's parent won; the request's was not used.
+    let t2 = trace(T2);
+    assert!(t2.iter().any(|s| s.name == "onbehalf.check"), "{spans:#?}");
+    assert!(trace(T3).is_empty());
+    assert!(trace(T4).is_empty(), "an unsampled parent is followed");
+    let t5 = trace(T5);
+    assert!(
+        t5.iter()
+            .any(|s| s.name == "onbehalf.check" && hex(&s.parent_span_id) == S1)
+    );
+    // Without a parent, a trace starts here (ratio 1.0 by default).
+    assert!(
+        spans
+            .iter()
+            .any(|(s, _)| s.name == "onbehalf.check" && s.parent_span_id.is_empty())
+    );
+
+    let (_, resource) = &spans[0];
+    assert_eq!(attr_str(resource, "service.name"), Some("onbehalf"));
+    assert_eq!(attr_str(resource, "k8s.pod.name"), Some("authz-0"));
+    // No token, nor any part of one, crosses the wire.
+    let wire = receiver.bytes();
+    for part in token.split('.').chain(["Bearer"]) {
+        assert!(
+            !wire.windows(part.len()).any(|w| w == part.as_bytes()),
+            "a token part is in the export"
+        );
+    }
 }

@@ -14,7 +14,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::{ExchangeError, Exchanger, Record, form};
-use crate::telemetry::ExchangeResult;
+use tracing::Instrument as _;
+
+use crate::telemetry::{ExchangeResult, traces};
 
 /// Where the JWKS of issued tokens is served (beside the minting JWKS on the admin listener).
 pub const JWKS_PATH: &str = "exchange/jwks.json";
@@ -29,6 +31,11 @@ pub fn router(exchanger: Arc<Exchanger>) -> Router {
 }
 
 async fn token(State(x): State<Arc<Exchanger>>, request: Request) -> Response {
+    let span = traces::exchange_span(request.headers());
+    token_traced(x, request).instrument(span).await
+}
+
+async fn token_traced(x: Arc<Exchanger>, request: Request) -> Response {
     let start = Instant::now();
     let mut record = Record::default();
     let result = match read_body(&x, request).await {
@@ -44,6 +51,16 @@ async fn token(State(x): State<Arc<Exchanger>>, request: Request) -> Response {
     };
     x.authorizer.metrics().exchange(code);
     log(&record, result.as_ref().err(), code, start);
+    if traces::enabled() {
+        let span = tracing::Span::current();
+        span.record("onbehalf.result", code.label());
+        if let Some(subject) = &record.subject {
+            span.record("onbehalf.subject", &**subject);
+        }
+        if let Some(actor) = &record.actor {
+            span.record("onbehalf.actor", &**actor);
+        }
+    }
     match result {
         Ok(issued) => {
             let mut body = json!({

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json, json};
+use tracing::Instrument as _;
 
 use crate::authn::{Authenticated, AuthnError};
 use crate::config::{Config, Interval};
@@ -20,7 +21,7 @@ use crate::ids::random_id;
 use crate::mint::{KeyRing, KeySettings, unix_now};
 use crate::pipeline::Authorizer;
 use crate::policy::PolicyError;
-use crate::telemetry::ExchangeResult;
+use crate::telemetry::{ExchangeResult, traces};
 
 pub mod form;
 pub mod http;
@@ -244,6 +245,7 @@ impl Exchanger {
         let verifier = self.authorizer.verifier();
         let actor = verifier
             .verify_with(&*state, &req.actor_token)
+            .instrument(traces::phase("verify_actor_token"))
             .await
             .map_err(|e| ExchangeError::token("actor_token", &e))?
             .auth;
@@ -267,6 +269,7 @@ impl Exchanger {
         }
         let subject = verifier
             .verify_with(&*state, &req.subject_token)
+            .instrument(traces::phase("verify_subject_token"))
             .await
             .map_err(|e| ExchangeError::token("subject_token", &e))?
             .auth;
@@ -324,6 +327,7 @@ impl Exchanger {
                 .policies
                 .evaluate_query(&query, regorus::Value::from(input), limit)
         })
+        .instrument(traces::phase("evaluate"))
         .await
         .map_err(|e| ExchangeError::new(ExchangeResult::ServerError, e.to_string()))?
         .map_err(|e| self.policy_failed(&e))?;
@@ -376,10 +380,8 @@ impl Exchanger {
             exp,
             jti: &jti,
         });
-        let token = self
-            .keys
-            .current()
-            .sign_jwt(&claims)
+        let token = traces::phase("sign")
+            .in_scope(|| self.keys.current().sign_jwt(&claims))
             .map_err(|e| ExchangeError::new(ExchangeResult::ServerError, e.to_string()))?;
         record.jti = Some(jti);
         Ok(Issued {

@@ -46,7 +46,7 @@ impl MintResult {
         MintResult::Failed,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             MintResult::Signed => "signed",
             MintResult::Reused => "reused",
@@ -117,7 +117,7 @@ pub enum EvalEngine {
 impl EvalEngine {
     const ALL: [EvalEngine; 2] = [EvalEngine::Vm, EvalEngine::Interpreter];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             EvalEngine::Vm => "vm",
             EvalEngine::Interpreter => "interpreter",
