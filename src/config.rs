@@ -118,7 +118,7 @@ impl Default for TracesConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { ratio: 1.0 }
+        SamplerConfig { ratio: 0.01 }
     }
 }
 

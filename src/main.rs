@@ -134,8 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = load_config(config.as_deref())?;
             let telemetry = onbehalf::telemetry::init(&config)?;
-            onbehalf::app::run(config).await?;
+            let served = onbehalf::app::run(config).await;
             telemetry.shutdown().await;
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

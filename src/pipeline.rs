@@ -445,7 +445,10 @@ impl Authorizer {
             .decisions
             .as_ref()
             .filter(|_| reads.nondeterministic.is_empty());
-        let lookup = traces::phase("decision_cache");
+        let lookup = match self.decisions.is_some() {
+            true => traces::phase("decision_cache"),
+            false => tracing::Span::none(),
+        };
         // Token parts built for the key are reused by the evaluation on a miss.
         let key = match cache {
             Some(_) => Some(crate::key::decision_key(

@@ -30,11 +30,20 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         .try_init();
     if provider.is_some() {
         let t = &config.telemetry.traces;
+        // Scheme, host and port only: a URL's user info or query may hold a credential.
+        let endpoint = t
+            .endpoint
+            .as_deref()
+            .and_then(|e| reqwest::Url::parse(e).ok())
+            .map(|u| {
+                let host = u.host_str().unwrap_or_default();
+                match u.port() {
+                    Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                    None => format!("{}://{host}", u.scheme()),
+                }
+            });
         tracing::info!(
-            traces.endpoint = t
-                .endpoint
-                .as_deref()
-                .unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
+            traces.endpoint = endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
             traces.ratio = t.sampler.ratio,
             "Exporting traces over OTLP"
         );

@@ -1167,7 +1167,7 @@ async fn traces_continue_the_callers_trace_and_carry_no_token() {
     let (grpc, admin, listen, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
     let config = demo_config(dir.path(), grpc, admin, |c| {
         format!(
-            "{c}\ntelemetry:\n  traces:\n    endpoint: http://{otlp}\n    propagators: [tracecontext, b3]\n"
+            "{c}\ntelemetry:\n  traces:\n    endpoint: http://{otlp}\n    propagators: [tracecontext, b3]\n    sampler:\n      ratio: 1.0\n"
         )
     });
     let _onbehalf = start_onbehalf_with_env(
@@ -1310,7 +1310,7 @@ async fn traces_continue_the_callers_trace_and_carry_no_token() {
         t5.iter()
             .any(|s| s.name == "onbehalf.check" && hex(&s.parent_span_id) == S1)
     );
-    // Without a parent, a trace starts here (ratio 1.0 by default).
+    // Without a parent, a trace starts here (ratio 1.0 in this config).
     assert!(
         spans
             .iter()

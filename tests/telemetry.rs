@@ -140,14 +140,8 @@ async fn metrics_parse_as_openmetrics_and_move_with_known_traffic() {
     assert_eq!(evaluations, 2.0);
     assert_eq!(count("onbehalf_decision_cache_total{result=\"hit\"}"), 1.0);
     assert_eq!(count("onbehalf_decision_cache_total{result=\"miss\"}"), 2.0);
-    assert_eq!(
-        count("onbehalf_token_cache_total{cache=\"token\",result=\"miss\"}"),
-        1.0
-    );
-    assert_eq!(
-        count("onbehalf_token_cache_total{cache=\"token\",result=\"hit\"}"),
-        2.0
-    );
+    assert_eq!(count("onbehalf_token_cache_total{result=\"miss\"}"), 1.0);
+    assert_eq!(count("onbehalf_token_cache_total{result=\"hit\"}"), 2.0);
     assert_eq!(
         count("onbehalf_cache_evictions_total{cache=\"decision\"}"),
         0.0

@@ -343,12 +343,14 @@ impl Verifier {
                 .keys(&hit.auth.issuer)
                 .is_some_and(|keys| keys.has_key(hit.kid.as_deref(), &hit.key_fingerprint))
         {
+            cache.counted(true);
             return Ok(Verified {
                 auth: hit.auth.clone(),
                 parts: None,
                 digest: Some(digest),
             });
         }
+        cache.counted(false);
         let (mut verified, key) = self.verify_uncached(view, token).await?;
         cache.insert(
             digest,

@@ -37,13 +37,16 @@ impl TokenCache {
     }
 
     pub fn get(&self, key: &Digest) -> Option<CachedToken> {
-        let found = self.cache.get(key);
-        let counter = match found {
-            Some(_) => &self.hits,
-            None => &self.misses,
+        self.cache.get(key)
+    }
+
+    /// Counts a lookup: a hit only when the cached token was used (its key still published).
+    pub fn counted(&self, hit: bool) {
+        let counter = match hit {
+            true => &self.hits,
+            false => &self.misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        found
     }
 
     /// Lookups, evictions and entries, for `/metrics`.

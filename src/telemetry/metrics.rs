@@ -193,12 +193,6 @@ struct CacheLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheResult {
-    cache: &'static str,
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RevisionLabels {
     revision: String,
     generation: String,
@@ -504,15 +498,10 @@ fn register_scrape(r: &mut Registry, scrape: &Scrape<'_>) {
         ("token", scrape.token_cache),
         ("decision", scrape.decision_cache),
     ];
-    let lookups = Family::<CacheResult, Counter>::default();
     if let Some(c) = scrape.token_cache {
+        let lookups = Family::<ResultLabel, Counter>::default();
         for (result, n) in [("hit", c.hits), ("miss", c.misses)] {
-            lookups
-                .get_or_create(&CacheResult {
-                    cache: "token",
-                    result,
-                })
-                .inc_by(n);
+            lookups.get_or_create(&ResultLabel { result }).inc_by(n);
         }
         r.register(
             "onbehalf_token_cache",

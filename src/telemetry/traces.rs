@@ -143,9 +143,15 @@ where
         .with_target(false)
         .with_level(false)
         .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.target() == TARGET
-        }))
+        // Nothing inside a Check reads OpenTelemetry's current context (onbehalf propagates
+        // nothing downstream): entering a span need not attach one.
+        .with_context_activation(false)
+        // A filter by target is decided once per callsite: every other span and event in the
+        // process (h2's, hyper's, onbehalf's log lines) stays disabled for this layer at no
+        // cost per call, as a filter by function could not (it is asked on every call).
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
+        )
 }
 
 /// Where a parent span's context is read from: header names are lowercase.
@@ -203,6 +209,8 @@ fn parent_in(settings: &Settings, carrier: &dyn Carrier) -> Option<(SpanContext,
 /// (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`).
 fn b3(carrier: &dyn Carrier) -> Option<(SpanContext, Option<bool>)> {
     let (trace, span, sampled) = match carrier.get("b3") {
+        // A sampling decision alone: "0" is the one a tracer sends on (never traced here).
+        Some("0") => return Some((SpanContext::empty_context(), Some(false))),
         Some(single) => {
             let mut parts = single.split('-');
             let trace = parts.next()?;
@@ -274,9 +282,9 @@ fn roll(ratio: f64) -> bool {
 }
 
 /// The parent found in the first carrier that has one, and whether to trace.
-fn decide(carriers: &[&dyn Carrier]) -> Option<Option<SpanContext>> {
+fn decide(first: &dyn Carrier, then: Option<&dyn Carrier>) -> Option<Option<SpanContext>> {
     let settings = SETTINGS.get()?;
-    let parent = carriers.iter().find_map(|c| parent_in(settings, *c));
+    let parent = parent_in(settings, first).or_else(|| then.and_then(|c| parent_in(settings, c)));
     match parent {
         Some((cx, Some(true))) => Some(Some(cx)),
         Some((_, Some(false))) => None,
@@ -314,8 +322,7 @@ fn adopt(span: &Span, parent: Option<SpanContext>) {
 /// call (the gRPC metadata), else the request's (its headers). `Span::none()` when traces are
 /// off or this Check is not sampled.
 pub fn check_span(metadata: &dyn Carrier, headers: Option<&dyn Carrier>) -> Span {
-    let carriers: Vec<&dyn Carrier> = std::iter::once(metadata).chain(headers).collect();
-    let Some(parent) = decide(&carriers) else {
+    let Some(parent) = decide(metadata, headers) else {
         return Span::none();
     };
     let span = tracing::info_span!(
@@ -344,7 +351,7 @@ pub fn check_span(metadata: &dyn Carrier, headers: Option<&dyn Carrier>) -> Span
 
 /// The span of one token exchange (`POST /token`), continuing its caller's trace.
 pub fn exchange_span(headers: &axum::http::HeaderMap) -> Span {
-    let Some(parent) = decide(&[headers]) else {
+    let Some(parent) = decide(headers, None) else {
         return Span::none();
     };
     let span = tracing::info_span!(
