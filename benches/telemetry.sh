@@ -9,14 +9,21 @@
 #   all        traces on with sampler.ratio 1.0: every Check traced and exported
 #   deadend    the same to an endpoint that refuses: spans built, then dropped at the queue
 #   unsampled  traces on with sampler.ratio 0: what deciding not to trace costs
+#   baseline   another build of onbehalf, traces off (BASELINE_BIN=path/to/onbehalf, e.g. one
+#              built from the commit before telemetry): what the telemetry code costs off
 # /metrics is always on. ROUNDS (default 2) and SCENARIOS (default all) narrow a run. Every request carries a fresh x-request-id, as Envoy stamps them.
 #
 #   benches/telemetry.sh      # writes target/bench/telemetry-*.json and prints ratios
+#   BASELINE_BIN=/path/to/old/onbehalf SCENARIOS="noop baseline off" ROUNDS=3 benches/telemetry.sh
+#   CORPUS=cold REQUESTS=50000 DURATION=600s SCENARIOS="baseline off" NO_BUILD=1 benches/telemetry.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
+# CORPUS=cold: every request a new token and decision (caches filling, moka evicting).
+CORPUS=${CORPUS:-hot}
+REQUESTS=${REQUESTS:-5000000}
 SCENARIOS=${SCENARIOS:-noop off default all deadend unsampled}
 out=target/bench
 mkdir -p "$out"
@@ -42,10 +49,10 @@ wait_port 4318
 
 run_onbehalf() { # label, then env assignments
   local label=$1; shift
-  env ONBEHALF_SERVER__WORKER_THREADS=1 "$@" $bin serve --config benches/bench.yaml 2>/dev/null & local ob=$!
+  env ONBEHALF_SERVER__WORKER_THREADS=1 "$@" "${BIN:-$bin}" serve --config benches/bench.yaml 2>/dev/null & local ob=$!
   wait_port 9191
-  $load run --target 127.0.0.1:9191 --corpus hot --duration "$DURATION" --requests 5000000 \
-    --label "$label" | tail -1 > "$out/telemetry-$label.json"
+  $load run --target 127.0.0.1:9191 --corpus "$CORPUS" --duration "$DURATION" \
+    --requests "$REQUESTS" --label "$label" | tail -1 > "$out/telemetry-$label.json"
   kill $ob; wait $ob 2>/dev/null || true
 }
 
@@ -57,10 +64,11 @@ for round in $(seq 1 "$ROUNDS"); do
       noop)
         $load noop --listen 127.0.0.1:9292 --threads 1 2>/dev/null & noop=$!
         wait_port 9292
-        $load run --target 127.0.0.1:9292 --corpus hot --duration "$DURATION" --requests 5000000 \
+        $load run --target 127.0.0.1:9292 --corpus "$CORPUS" --duration "$DURATION" --requests "$REQUESTS" \
           --expect false --label "noop-$round" | tail -1 > "$out/telemetry-noop-$round.json"
         kill $noop; wait $noop 2>/dev/null || true ;;
       off) run_onbehalf "off-$round" ;;
+      baseline) BIN=$BASELINE_BIN run_onbehalf "baseline-$round" ;;
       default) run_onbehalf "default-$round" "${traces[@]}" ;;
       all) run_onbehalf "all-$round" "${traces[@]}" ONBEHALF_TELEMETRY__TRACES__SAMPLER__RATIO=1.0 ;;
       deadend) run_onbehalf "deadend-$round" ONBEHALF_TELEMETRY__TRACES__ENDPOINT=http://127.0.0.1:1 \

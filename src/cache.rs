@@ -67,8 +67,11 @@ pub struct CacheCounts {
 pub struct DeadlineCache<V> {
     cache: Cache<Digest, Entry<V>, DigestState>,
     max_ttl: Duration,
-    /// Entries moka removed to stay within `max_entries` (for `/metrics`).
-    evictions: Arc<AtomicU64>,
+    /// Entries inserted and removed by this cache's own calls, and the most evictions
+    /// reported so far (for `/metrics`; see `evictions`).
+    inserted: AtomicU64,
+    removed: AtomicU64,
+    evictions: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -89,8 +92,8 @@ struct Entry<V> {
 pub struct DecisionCache<V> {
     settings: CacheSettings,
     current: ArcSwap<Generation<V>>,
-    /// Evictions of every generation's entries.
-    evictions: Arc<AtomicU64>,
+    /// Evictions of the generations replaced so far.
+    retired_evictions: Arc<AtomicU64>,
     /// Held while a new generation replaces the current one (rarely: once per activation).
     replacing: Mutex<()>,
 }
@@ -141,36 +144,36 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
     /// A cache of `settings.max_entries`, entries living at most `settings.ttl`;
     /// `selective`: entries may be dropped by a predicate (`invalidate_if`).
     pub fn new(settings: &CacheSettings, selective: bool) -> DeadlineCache<V> {
-        DeadlineCache::counting(settings, selective, Arc::default())
-    }
-
-    /// The same, counting its evictions in `evictions`.
-    fn counting(
-        settings: &CacheSettings,
-        selective: bool,
-        evictions: Arc<AtomicU64>,
-    ) -> DeadlineCache<V> {
-        let counter = evictions.clone();
-        let mut builder = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .eviction_listener(move |_, _, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+        let mut builder = Cache::builder().max_capacity(settings.max_entries);
         if selective {
             builder = builder.support_invalidation_closures();
         }
         DeadlineCache {
             cache: builder.build_with_hasher(DigestState),
             max_ttl: settings.ttl.0,
-            evictions,
+            inserted: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
-    /// Entries removed to stay within `max_entries`.
+    /// Entries removed to stay within `max_entries`, estimated: entries inserted, less those
+    /// this cache removed itself (past their deadline) and those it holds. moka reports
+    /// evictions only to an eviction listener, which took a fifth of the cold path's
+    /// throughput here (docs/benchmarks.md). Never lower than an earlier answer; entries
+    /// dropped with their issuer's key (`invalidate_if`) count as evicted. Runs moka's
+    /// pending maintenance first (its entry count lags until then): call it off the serving
+    /// threads (a scrape, a replaced generation being dropped).
     pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
+        self.cache.run_pending_tasks();
+        let estimate = self
+            .inserted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.removed.load(Ordering::Relaxed))
+            .saturating_sub(self.cache.entry_count());
+        self.evictions
+            .fetch_max(estimate, Ordering::Relaxed)
+            .max(estimate)
     }
 
     /// The value for `key`, unless past its deadline (then it is dropped).
@@ -178,6 +181,7 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
         let entry = self.cache.get(key)?;
         if now_ms() >= entry.valid_until {
             self.cache.invalidate(key);
+            self.removed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(entry.value)
@@ -188,6 +192,7 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
     pub fn insert(&self, key: Digest, value: V, exp: Option<i64>) {
         if let Some(valid_until) = deadline(exp, self.max_ttl) {
             self.cache.insert(key, Entry { value, valid_until });
+            self.inserted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -221,11 +226,10 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
 
 impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
     pub fn new(settings: &CacheSettings) -> DecisionCache<V> {
-        let evictions = Arc::<AtomicU64>::default();
         DecisionCache {
             settings: settings.clone(),
-            current: ArcSwap::from_pointee(Generation::new(0, settings, evictions.clone())),
-            evictions,
+            current: ArcSwap::from_pointee(Generation::new(0, settings)),
+            retired_evictions: Arc::default(),
             replacing: Mutex::new(()),
         }
     }
@@ -273,15 +277,19 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
         if self.current.load().number >= generation {
             return;
         }
-        let old = self.current.swap(Arc::new(Generation::new(
-            generation,
-            &self.settings,
-            self.evictions.clone(),
-        )));
-        // Freeing up to max_entries entries takes milliseconds: not on a serving thread.
+        let old = self
+            .current
+            .swap(Arc::new(Generation::new(generation, &self.settings)));
+        // Counting the old entries' evictions and freeing up to max_entries entries take
+        // milliseconds: not on a serving thread.
+        let retired = self.retired_evictions.clone();
+        let retire = move || {
+            retired.fetch_add(old.entries.evictions(), Ordering::Relaxed);
+            drop(old);
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
-            Err(_) => drop(old),
+            Ok(runtime) => drop(runtime.spawn_blocking(retire)),
+            Err(_) => retire(),
         }
     }
 
@@ -289,9 +297,10 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
         self.current.load().entries.entry_count()
     }
 
-    /// Entries removed to stay within `max_entries`, in every generation.
+    /// Entries removed to stay within `max_entries`, in every generation (estimated, as
+    /// `DeadlineCache::evictions`).
     pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
+        self.retired_evictions.load(Ordering::Relaxed) + self.current.load().entries.evictions()
     }
 
     pub fn run_pending_tasks(&self) {
@@ -302,10 +311,10 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
 // === impl Generation ===
 
 impl<V: Clone + Send + Sync + 'static> Generation<V> {
-    fn new(number: u64, settings: &CacheSettings, evictions: Arc<AtomicU64>) -> Generation<V> {
+    fn new(number: u64, settings: &CacheSettings) -> Generation<V> {
         Generation {
             number,
-            entries: DeadlineCache::counting(settings, false, evictions),
+            entries: DeadlineCache::new(settings, false),
             interned: Cache::builder()
                 .max_capacity(4096)
                 .time_to_live(settings.ttl.0)

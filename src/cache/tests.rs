@@ -175,3 +175,48 @@ fn a_new_generation_starts_empty_and_older_requests_do_not_go_back() {
     cache.insert(2, key, 2, None, Some(in_an_hour()));
     assert_eq!(cache.get(2, &key), Some(2), "still generation 2");
 }
+
+#[test]
+fn evictions_are_the_entries_moka_dropped_to_stay_within_bounds() {
+    let exp = Some(
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("time")
+                .as_secs(),
+        )
+        .expect("fits")
+            + 600,
+    );
+    let cache = DeadlineCache::<u32>::new(
+        &CacheSettings {
+            max_entries: 10,
+            ..settings(Duration::from_secs(60))
+        },
+        false,
+    );
+    for i in 0..10u32 {
+        cache.insert(sha256(&i.to_le_bytes()), i, exp);
+    }
+    assert_eq!(cache.evictions(), 0, "within bounds nothing is evicted");
+    for i in 10..50u32 {
+        cache.insert(sha256(&i.to_le_bytes()), i, exp);
+    }
+    cache.run_pending_tasks();
+    let evicted = cache.evictions();
+    assert_eq!(evicted + cache.entry_count(), 50);
+    assert!(evicted >= 40, "{evicted}");
+
+    // Decision caches keep counting across generations.
+    let decisions = DecisionCache::<u32>::new(&CacheSettings {
+        max_entries: 10,
+        ..settings(Duration::from_secs(60))
+    });
+    for i in 0..30u32 {
+        decisions.insert(0, sha256(&i.to_le_bytes()), i, None, exp);
+    }
+    let before = decisions.evictions();
+    assert!(before >= 20, "{before}");
+    assert_eq!(decisions.get(1, &sha256(b"x")), None);
+    assert!(decisions.evictions() >= before);
+}
