@@ -104,16 +104,7 @@ fn digest_keys_hash_by_their_leading_bytes() {
 /// useful entries in place.
 #[test]
 fn one_time_keys_do_not_evict_useful_decisions() {
-    let exp = Some(
-        i64::try_from(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("time")
-                .as_secs(),
-        )
-        .expect("fits")
-            + 3600,
-    );
+    let exp = Some(unix_now() + 3600);
     let mut config = settings(Duration::from_secs(600));
     config.max_entries = 1_000;
     let cache = DecisionCache::<u32>::new(&config);
@@ -178,16 +169,7 @@ fn a_new_generation_starts_empty_and_older_requests_do_not_go_back() {
 
 #[test]
 fn evictions_are_the_entries_moka_dropped_to_stay_within_bounds() {
-    let exp = Some(
-        i64::try_from(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("time")
-                .as_secs(),
-        )
-        .expect("fits")
-            + 600,
-    );
+    let exp = Some(unix_now() + 600);
     let cache = DeadlineCache::<u32>::new(
         &CacheSettings {
             max_entries: 10,
@@ -219,4 +201,15 @@ fn evictions_are_the_entries_moka_dropped_to_stay_within_bounds() {
     assert!(before >= 20, "{before}");
     assert_eq!(decisions.get(1, &sha256(b"x")), None);
     assert!(decisions.evictions() >= before);
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("time")
+            .as_secs(),
+    )
+    .expect("fits")
 }
