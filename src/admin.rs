@@ -47,15 +47,26 @@ async fn readyz(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
 async fn metrics(State(authz): State<Arc<Authorizer>>) -> impl IntoResponse {
     let policy = authz.policies().status();
     let verifier = authz.verifier();
+    // Counting evictions runs the caches' pending maintenance: not on this runtime, which
+    // also accepts gRPC connections.
+    let caches = {
+        let authz = authz.clone();
+        tokio::task::spawn_blocking(move || {
+            let tokens = authz.verifier().token_cache().map(|c| c.counts());
+            let decisions = authz.decision_cache().map(|c| CacheCounts {
+                evictions: c.evictions(),
+                entries: c.entry_count(),
+                ..CacheCounts::default()
+            });
+            (tokens, decisions)
+        })
+    };
+    let (token_cache, decision_cache) = caches.await.unwrap_or_default();
     let scrape = Scrape {
         ready: authz.is_ready(),
         policy: &policy,
-        token_cache: verifier.token_cache().map(|c| c.counts()),
-        decision_cache: authz.decision_cache().map(|c| CacheCounts {
-            evictions: c.evictions(),
-            entries: c.entry_count(),
-            ..CacheCounts::default()
-        }),
+        token_cache,
+        decision_cache,
         issuers: verifier.issuers().map(|i| i.counts()).collect(),
         decision_log: authz.decision_log().map(|log| log.scrape()),
     };

@@ -58,7 +58,7 @@ impl std::hash::Hasher for DigestHasher {
 pub struct CacheCounts {
     pub hits: u64,
     pub misses: u64,
-    /// Entries moka removed to stay within `max_entries`.
+    /// Entries removed to stay within `max_entries` (estimated: `DeadlineCache::evictions`).
     pub evictions: u64,
     pub entries: u64,
 }
@@ -92,8 +92,10 @@ struct Entry<V> {
 pub struct DecisionCache<V> {
     settings: CacheSettings,
     current: ArcSwap<Generation<V>>,
-    /// Evictions of the generations replaced so far.
+    /// Evictions of the generations replaced so far, and the most reported (a generation's
+    /// are added once it is dropped, after the swap: the count never goes down meanwhile).
     retired_evictions: Arc<AtomicU64>,
+    reported_evictions: AtomicU64,
     /// Held while a new generation replaces the current one (rarely: once per activation).
     replacing: Mutex<()>,
 }
@@ -157,13 +159,13 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
         }
     }
 
-    /// Entries removed to stay within `max_entries`, estimated: entries inserted, less those
-    /// this cache removed itself (past their deadline) and those it holds. moka reports
-    /// evictions only to an eviction listener, which took a fifth of the cold path's
-    /// throughput here (docs/benchmarks.md). Never lower than an earlier answer; entries
-    /// dropped with their issuer's key (`invalidate_if`) count as evicted. Runs moka's
-    /// pending maintenance first (its entry count lags until then): call it off the serving
-    /// threads (a scrape, a replaced generation being dropped).
+    /// Entries removed to stay within `max_entries`, estimated: new keys inserted, less the
+    /// entries this cache removed itself (past their deadline) and those it holds. moka
+    /// reports evictions only to an eviction listener, which took a fifth of the cold path's
+    /// throughput here (docs/benchmarks.md). Approximate: two threads inserting one new key at
+    /// once count it twice; entries dropped with their issuer's key (`invalidate_if`) count as
+    /// evicted. Never lower than an earlier answer. Runs moka's pending maintenance first (its
+    /// entry count lags until then): call it off the serving threads.
     pub fn evictions(&self) -> u64 {
         self.cache.run_pending_tasks();
         let estimate = self
@@ -180,8 +182,9 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
     pub fn get(&self, key: &Digest) -> Option<V> {
         let entry = self.cache.get(key)?;
         if now_ms() >= entry.valid_until {
-            self.cache.invalidate(key);
-            self.removed.fetch_add(1, Ordering::Relaxed);
+            if self.cache.remove(key).is_some() {
+                self.removed.fetch_add(1, Ordering::Relaxed);
+            }
             return None;
         }
         Some(entry.value)
@@ -191,8 +194,12 @@ impl<V: Clone + Send + Sync + 'static> DeadlineCache<V> {
     /// at all when that is already past (or there is no `exp`).
     pub fn insert(&self, key: Digest, value: V, exp: Option<i64>) {
         if let Some(valid_until) = deadline(exp, self.max_ttl) {
+            // A key already held (another thread's miss of the same token or decision) is
+            // replaced, not counted again.
+            if !self.cache.contains_key(&key) {
+                self.inserted.fetch_add(1, Ordering::Relaxed);
+            }
             self.cache.insert(key, Entry { value, valid_until });
-            self.inserted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -230,6 +237,7 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
             settings: settings.clone(),
             current: ArcSwap::from_pointee(Generation::new(0, settings)),
             retired_evictions: Arc::default(),
+            reported_evictions: AtomicU64::new(0),
             replacing: Mutex::new(()),
         }
     }
@@ -300,7 +308,11 @@ impl<V: Clone + Send + Sync + 'static> DecisionCache<V> {
     /// Entries removed to stay within `max_entries`, in every generation (estimated, as
     /// `DeadlineCache::evictions`).
     pub fn evictions(&self) -> u64 {
-        self.retired_evictions.load(Ordering::Relaxed) + self.current.load().entries.evictions()
+        let now = self.retired_evictions.load(Ordering::Relaxed)
+            + self.current.load().entries.evictions();
+        self.reported_evictions
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now)
     }
 
     pub fn run_pending_tasks(&self) {

@@ -146,9 +146,7 @@ where
         // Nothing inside a Check reads OpenTelemetry's current context (onbehalf propagates
         // nothing downstream): entering a span need not attach one.
         .with_context_activation(false)
-        // A filter by target is decided once per callsite: every other span and event in the
-        // process (h2's, hyper's, onbehalf's log lines) stays disabled for this layer at no
-        // cost per call, as a filter by function could not (it is asked on every call).
+        // Only onbehalf's trace spans: no log event becomes a span event.
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         )
@@ -216,6 +214,12 @@ fn b3(carrier: &dyn Carrier) -> Option<(SpanContext, Option<bool>)> {
             let trace = parts.next()?;
             let span = parts.next()?;
             (trace, span, parts.next())
+        }
+        // A decision not to trace, without ids.
+        None if carrier.get("x-b3-traceid").is_none()
+            && matches!(carrier.get("x-b3-sampled"), Some("0" | "false")) =>
+        {
+            return Some((SpanContext::empty_context(), Some(false)));
         }
         None => {
             let debug = carrier.get("x-b3-flags") == Some("1");

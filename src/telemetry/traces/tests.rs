@@ -73,11 +73,13 @@ fn b3_is_read_only_when_configured_in_both_of_its_forms() {
         ("x-b3-flags", "1"),
     ]);
     assert_eq!(parent_in(&BOTH, &debug).expect("b3").1, Some(true));
-    // "b3: 0" alone: a decision not to trace, passed on.
-    assert_eq!(
-        parent_in(&BOTH, &headers(&[("b3", "0")])).expect("b3").1,
-        Some(false)
-    );
+    // "b3: 0" or "x-b3-sampled: 0" alone: a decision not to trace, passed on.
+    for alone in [("b3", "0"), ("x-b3-sampled", "0")] {
+        assert_eq!(
+            parent_in(&BOTH, &headers(&[alone])).expect("b3").1,
+            Some(false)
+        );
+    }
     for bad in [
         "nothex-00f067aa0ba902b7-1",
         &format!("{TRACE}-short-1"),
